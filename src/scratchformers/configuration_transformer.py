@@ -1,0 +1,140 @@
+"""Configuration of the from-scratch encoder-decoder Transformer ("Attention Is All You Need")."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .layers import (
+    ACTIVATIONS,
+    ATTENTION_SCORINGS,
+    NORM_POSITIONS,
+    NORM_TYPES,
+    POSITION_EMBEDDINGS,
+    check_choice,
+    check_heads,
+    check_positive,
+    check_probability,
+)
+
+
+class ScratchTransformerConfig(PreTrainedConfig):
+    """Every architectural choice of the notes is a field; the defaults are the paper's base model.
+
+    Args:
+        vocab_size: size of the joint source/target vocabulary.
+        d_model: width of every residual stream.
+        encoder_layers / decoder_layers: number of stacked layers.
+        encoder_attention_heads / decoder_attention_heads: heads per multi-head attention (must divide d_model).
+        ffn_dim: hidden width of the position-wise feed-forward network.
+        activation_function: "relu" (paper), "gelu" or "silu".
+        dropout: dropout on sublayer outputs and embeddings; attention_dropout on attention weights;
+            activation_dropout inside the feed-forward network.
+        max_position_embeddings: longest sequence the position table covers.
+        position_embedding: "sinusoidal" (fixed, paper) or "learned".
+        scale_embedding: multiply token embeddings by √d_model before adding positions (paper).
+        norm_type: "layernorm" or "rmsnorm"; norm_position: "post" (paper) or "pre".
+        attention_scoring: "scaled_dot" (paper) or "additive" (Bahdanau; eager attention only).
+        attention_bias: biases in the q/k/v/out projections.
+        output_bias: a bias on the output projection (carried over from Marian's ``final_logits_bias``).
+        tie_word_embeddings: one shared matrix for source embedding, target embedding and output projection.
+        label_smoothing: ε of label-smoothed cross-entropy (paper: 0.1).
+        init_std: standard deviation of the normal initialisation.
+    """
+
+    model_type = "scratch_transformer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        d_model: int = 512,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        encoder_attention_heads: int = 8,
+        decoder_attention_heads: int = 8,
+        ffn_dim: int = 2048,
+        activation_function: str = "relu",
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        max_position_embeddings: int = 512,
+        position_embedding: str = "sinusoidal",
+        scale_embedding: bool = True,
+        norm_type: str = "layernorm",
+        norm_position: str = "post",
+        layer_norm_eps: float = 1e-5,
+        attention_scoring: str = "scaled_dot",
+        attention_bias: bool = True,
+        output_bias: bool = False,
+        tie_word_embeddings: bool = True,
+        label_smoothing: float = 0.0,
+        init_std: float = 0.02,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        decoder_start_token_id: int = 1,
+        use_cache: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.decoder_attention_heads = decoder_attention_heads
+        self.ffn_dim = ffn_dim
+        self.activation_function = activation_function
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.max_position_embeddings = max_position_embeddings
+        self.position_embedding = position_embedding
+        self.scale_embedding = scale_embedding
+        self.norm_type = norm_type
+        self.norm_position = norm_position
+        self.layer_norm_eps = layer_norm_eps
+        self.attention_scoring = attention_scoring
+        self.attention_bias = attention_bias
+        self.output_bias = output_bias
+        self.tie_word_embeddings = tie_word_embeddings
+        self.label_smoothing = label_smoothing
+        self.init_std = init_std
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.decoder_start_token_id = decoder_start_token_id
+        self.use_cache = use_cache
+        kwargs.setdefault("is_encoder_decoder", True)
+        super().__init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self) -> None:
+        """Raise ``ValueError`` naming the field and the allowed values for any invalid setting."""
+        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                     "decoder_attention_heads", "ffn_dim", "max_position_embeddings"):
+            check_positive(name, getattr(self, name))
+        check_heads("d_model", self.d_model, "encoder_attention_heads", self.encoder_attention_heads)
+        check_heads("d_model", self.d_model, "decoder_attention_heads", self.decoder_attention_heads)
+        check_choice("activation_function", self.activation_function, ACTIVATIONS)
+        check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        check_choice("attention_scoring", self.attention_scoring, ATTENTION_SCORINGS)
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            check_probability(name, getattr(self, name))
+        if self.position_embedding == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"position_embedding='sinusoidal' needs an even d_model, got d_model={self.d_model}.")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+                raise ValueError(f"{name}={value!r} must be a token id in [0, vocab_size={self.vocab_size}).")
+
+
+__all__ = ["ScratchTransformerConfig"]

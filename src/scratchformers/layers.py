@@ -1,0 +1,393 @@
+"""The building blocks of the notes, each in one named place, shared by the Transformer and the ViT.
+
+| note                                  | here                                                   |
+|---------------------------------------|--------------------------------------------------------|
+| masked softmax, padding / causal mask | `build_attention_mask`, `masked_softmax`               |
+| scaled dot-product attention (÷√d)    | `dot_product_attention` (eager) or the sdpa kernel     |
+| additive attention (tanh scoring)     | `additive_attention`                                   |
+| multi-head attention                  | `MultiHeadAttention`                                   |
+| positional encoding                   | `SinusoidalPositionalEncoding`, `LearnedPositionalEncoding` |
+| position-wise feed-forward network    | `FeedForward`                                          |
+| add & norm, post-norm vs pre-norm     | `AddNorm`, `make_norm`                                 |
+| stochastic depth (ViT)                | `DropPath`                                             |
+
+Masks are boolean everywhere: ``True`` means "may attend". They are turned into scores with the dtype's most
+negative finite value, never a magic constant such as -1e6 that overflows in fp16.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+ACTIVATIONS = ("relu", "gelu", "silu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("post", "pre")
+ATTENTION_SCORINGS = ("scaled_dot", "additive")
+POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Masks and the masked softmax
+# --------------------------------------------------------------------------------------------------------------
+def build_attention_mask(
+    attention_mask: Optional[torch.Tensor],
+    query_length: int,
+    key_length: int,
+    causal: bool,
+    past_length: int = 0,
+) -> Optional[torch.Tensor]:
+    """Combine a padding mask and a causal ("sequence") mask into one boolean mask ``[B or 1, 1, Tq, Tk]``.
+
+    ``attention_mask`` is the usual ``[B, Tk]`` tensor of 1 (token) / 0 (padding) over the keys. Query ``i`` sits
+    at absolute position ``past_length + i`` and, when ``causal``, may only see keys at positions ``<= `` its own.
+    Returns ``None`` when nothing is masked, so that sdpa can take its fastest path.
+    """
+    mask = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                f"attention_mask must have shape [batch, sequence_length], got {tuple(attention_mask.shape)}."
+            )
+        if attention_mask.shape[-1] != key_length:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions but there are {key_length} keys; "
+                "pass a mask for the whole sequence (past + new tokens)."
+            )
+        if not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]
+    if causal and query_length > 1:
+        device = attention_mask.device if attention_mask is not None else None
+        query_pos = torch.arange(past_length, past_length + query_length, device=device)[:, None]
+        key_pos = torch.arange(key_length, device=device)[None, :]
+        causal_mask = (key_pos <= query_pos)[None, None]
+        mask = causal_mask if mask is None else mask & causal_mask
+    return mask
+
+
+def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Softmax over the last axis in which masked-out keys (``mask == False``) get exactly zero weight.
+
+    Computed in float32 for stability and cast back to the scores' dtype.
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention scoring functions. Signature of transformers' attention interface:
+#   fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> (output [B,T,H,D], weights)
+# with query/key/value [B, H, T, D].
+# --------------------------------------------------------------------------------------------------------------
+def dot_product_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, softmax(Q Kᵀ / √d) V, written out (the "eager" implementation)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    weights = masked_softmax(scores, attention_mask)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def additive_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive (Bahdanau) attention: score(q, k) = w_vᵀ tanh(W_q q + W_k k), per head.
+
+    W_q and W_k are the module's query/key projections; w_v is ``module.additive_v`` ``[H, D]``. Memory grows as
+    B·H·Tq·Tk·D, which is why this scoring exists for teaching and small models only.
+    """
+    features = torch.tanh(query.unsqueeze(-2) + key.unsqueeze(-3))  # [B, H, Tq, Tk, D]
+    scores = torch.einsum("bhqkd,hd->bhqk", features, module.additive_v.to(features.dtype))
+    weights = masked_softmax(scores, attention_mask)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def resolve_attention_function(attn_implementation: Optional[str], scoring: str) -> Callable:
+    """Pick the attention kernel for a scoring function and the config's ``attn_implementation``.
+
+    Additive scoring only exists as eager code: asking for it together with sdpa raises a ``ValueError`` (no
+    silent fallback), because no fused kernel computes tanh scores.
+    """
+    if scoring == "additive":
+        if attn_implementation not in (None, "eager"):
+            raise ValueError(
+                f"attention_scoring='additive' only runs with attn_implementation='eager', got "
+                f"{attn_implementation!r}. Load with attn_implementation='eager' or use attention_scoring='scaled_dot'."
+            )
+        return additive_attention
+    if attn_implementation in (None, "eager"):
+        return dot_product_attention
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, dot_product_attention)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: project to h heads, score each head, concatenate, project with W_o.
+
+    Used as encoder self-attention, causal decoder self-attention (``is_causal=True``) and cross-attention
+    (``is_cross_attention=True``: keys/values come from the encoder and are cached once per generation).
+    """
+
+    def __init__(
+        self,
+        config,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        is_causal: bool = False,
+        is_cross_attention: bool = False,
+        scoring: str = "scaled_dot",
+        layer_idx: Optional[int] = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.is_causal = is_causal  # sdpa reads this; must be False for encoder and cross attention
+        self.is_cross_attention = is_cross_attention
+        self.scoring = scoring
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        if scoring == "additive":
+            self.additive_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
+            nn.init.normal_(self.additive_v, std=self.head_dim**-0.5)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values=None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Attend from ``hidden_states`` to itself or to ``key_value_states``; returns (output, weights or None).
+
+        ``past_key_values`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
+        """
+        batch, length, _ = hidden_states.shape
+        query = self._split_heads(self.q_proj(hidden_states))
+
+        cache = past_key_values
+        if cache is not None and hasattr(cache, "self_attention_cache"):
+            cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
+        if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            key = cache.layers[self.layer_idx].keys
+            value = cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if self.is_cross_attention else hidden_states
+            key = self._split_heads(self.k_proj(source))
+            value = self._split_heads(self.v_proj(source))
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if self.is_cross_attention:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager" and self.scoring == "scaled_dot":
+            implementation = "eager"  # fused kernels do not return the weights
+        attention = resolve_attention_function(implementation, self.scoring)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        output = self.out_proj(output.reshape(batch, length, self.embed_dim))
+        return output, (weights if output_attentions else None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Positional encoding
+# --------------------------------------------------------------------------------------------------------------
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The notes' fixed table: P[i, 2j] = sin(i / 10000^(2j/d)), P[i, 2j+1] = cos(i / 10000^(2j/d))."""
+    positions = torch.arange(num_positions, dtype=torch.float32)[:, None]
+    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(positions * inv_freq)
+    table[:, 1::2] = torch.cos(positions * inv_freq[: dim // 2])
+    return table
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sin/cos position encoding (not trained, not saved: it is rebuilt from the config)."""
+
+    def __init__(self, num_positions: int, dim: int):
+        super().__init__()
+        self.num_positions = num_positions
+        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[position_ids]
+
+
+class LearnedPositionalEncoding(nn.Module):
+    """A trained position table, one vector per absolute position."""
+
+    def __init__(self, num_positions: int, dim: int):
+        super().__init__()
+        self.num_positions = num_positions
+        self.weight = nn.Parameter(torch.zeros(num_positions, dim))
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[position_ids]
+
+
+def make_positional_encoding(kind: str, num_positions: int, dim: int) -> nn.Module:
+    return {"sinusoidal": SinusoidalPositionalEncoding, "learned": LearnedPositionalEncoding}[kind](num_positions, dim)
+
+
+def check_positions(length: int, num_positions: int) -> None:
+    """Raise a clear error instead of an index error deep inside torch when a sequence is too long."""
+    if length > num_positions:
+        raise ValueError(
+            f"Sequence of length {length} exceeds max_position_embeddings={num_positions}; truncate the input "
+            "(tokenizer(..., truncation=True, max_length=...)) or use a model with a larger max_position_embeddings."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Feed-forward, norms, add & norm, stochastic depth
+# --------------------------------------------------------------------------------------------------------------
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: Linear(d -> ffn) -> activation -> dropout -> Linear(ffn -> d)."""
+
+    def __init__(self, dim: int, hidden_dim: int, activation: str, activation_dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.activation = ACT2FN[activation]
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+
+
+def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    """LayerNorm (centre and scale, with bias) or RMSNorm (scale only)."""
+    if norm_type == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    return nn.RMSNorm(dim, eps=eps)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample with probability ``p`` while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class AddNorm(nn.Module):
+    """The notes' "add & norm" around one sublayer, in either placement.
+
+    post-norm (the paper):  x = Norm(x + Dropout(Sublayer(x)))
+    pre-norm:               x = x + Dropout(Sublayer(Norm(x)))
+
+    Use as ``x = add_norm(x, sublayer(add_norm.sublayer_input(x)))``.
+    """
+
+    def __init__(self, dim: int, norm_type: str, norm_position: str, dropout: float, eps: float, drop_path: float = 0.0):
+        super().__init__()
+        self.pre_norm = norm_position == "pre"
+        self.norm = make_norm(norm_type, dim, eps)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def sublayer_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) if self.pre_norm else x
+
+    def forward(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.dropout(sublayer_output))
+        return x if self.pre_norm else self.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation shared by the configurations
+# --------------------------------------------------------------------------------------------------------------
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
+
+
+def check_positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_probability(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
+
+
+def check_heads(dim_name: str, dim: int, heads_name: str, heads: int) -> None:
+    if dim % heads != 0:
+        raise ValueError(f"{dim_name}={dim} must be divisible by {heads_name}={heads} (each head gets {dim_name}/heads dims).")
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for linear and embedding weights, zeros for biases, ones for norm scales."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, LearnedPositionalEncoding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, SinusoidalPositionalEncoding):
+        module.table.copy_(sinusoidal_table(module.num_positions, module.table.shape[-1]))
+    elif isinstance(module, MultiHeadAttention) and module.scoring == "additive":
+        nn.init.normal_(module.additive_v, std=module.head_dim**-0.5)
+

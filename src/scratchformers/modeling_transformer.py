@@ -1,0 +1,474 @@
+"""The encoder-decoder Transformer of the notes, written from scratch, living natively in transformers 5.
+
+Embedding (× √d_model) + positional encoding -> N encoder layers -> N decoder layers (causal self-attention,
+cross-attention) -> output projection. The skeleton follows transformers' own seq2seq models:
+Attention (layers.py) -> EncoderLayer / DecoderLayer -> Encoder / Decoder -> PreTrainedModel -> Model -> LM head.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+
+from .configuration_transformer import ScratchTransformerConfig
+from .layers import (
+    AddNorm,
+    FeedForward,
+    MultiHeadAttention,
+    build_attention_mask,
+    check_positions,
+    init_weights,
+    make_norm,
+    make_positional_encoding,
+    resolve_attention_function,
+)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: the decoder sees ``<start> y_1 ... y_{n-1}`` and predicts ``y_1 ... y_n``."""
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention sublayer and feed-forward sublayer, each wrapped in add & norm."""
+
+    def __init__(self, config: ScratchTransformerConfig, layer_idx: int):
+        super().__init__()
+        d = config.d_model
+        self.self_attn = MultiHeadAttention(
+            config, d, config.encoder_attention_heads, config.attention_dropout, config.attention_bias,
+            is_causal=False, scoring=config.attention_scoring, layer_idx=layer_idx,
+        )
+        self.self_attn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
+        self.ffn = FeedForward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
+        self.ffn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x = hidden_states
+        attn_out, attn_weights = self.self_attn(
+            self.self_attn_add_norm.sublayer_input(x), attention_mask=attention_mask, output_attentions=output_attentions
+        )
+        x = self.self_attn_add_norm(x, attn_out)
+        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
+        return x, attn_weights
+
+
+class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
+    """Causal self-attention, cross-attention to the encoder output, feed-forward; each with add & norm."""
+
+    def __init__(self, config: ScratchTransformerConfig, layer_idx: int):
+        super().__init__()
+        d = config.d_model
+        heads = config.decoder_attention_heads
+
+        def add_norm() -> AddNorm:
+            return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
+
+        self.self_attn = MultiHeadAttention(
+            config, d, heads, config.attention_dropout, config.attention_bias,
+            is_causal=True, scoring=config.attention_scoring, layer_idx=layer_idx,
+        )
+        self.self_attn_add_norm = add_norm()
+        self.cross_attn = MultiHeadAttention(
+            config, d, heads, config.attention_dropout, config.attention_bias,
+            is_causal=False, is_cross_attention=True, scoring=config.attention_scoring, layer_idx=layer_idx,
+        )
+        self.cross_attn_add_norm = add_norm()
+        self.ffn = FeedForward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
+        self.ffn_add_norm = add_norm()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: Optional[torch.Tensor],
+        past_key_values: Optional[EncoderDecoderCache] = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        x = hidden_states
+        self_out, self_weights = self.self_attn(
+            self.self_attn_add_norm.sublayer_input(x), attention_mask=attention_mask,
+            past_key_values=past_key_values, output_attentions=output_attentions,
+        )
+        x = self.self_attn_add_norm(x, self_out)
+        cross_out, cross_weights = self.cross_attn(
+            self.cross_attn_add_norm.sublayer_input(x), key_value_states=encoder_hidden_states,
+            attention_mask=encoder_attention_mask, past_key_values=past_key_values, output_attentions=output_attentions,
+        )
+        x = self.cross_attn_add_norm(x, cross_out)
+        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
+        return x, self_weights, cross_weights
+
+
+class ScratchTransformerPreTrainedModel(PreTrainedModel):
+    config_class = ScratchTransformerConfig
+    config: ScratchTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScratchTransformerEncoderLayer", "ScratchTransformerDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+
+    def __init__(self, config: ScratchTransformerConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # Fail at construction, not at the first forward, when additive scoring meets a fused kernel.
+        resolve_attention_function(config._attn_implementation, config.attention_scoring)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        init_weights(module, self.config.init_std)
+
+
+class ScratchTransformerEmbedding(nn.Module):
+    """Token embedding × √d_model (when ``scale_embedding``) + positional encoding, then dropout."""
+
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.embed_positions = make_positional_encoding(
+            config.position_embedding, config.max_position_embeddings, config.d_model
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], past_length: int = 0):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            vocab = self.embed_tokens.num_embeddings
+            if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+                raise ValueError(
+                    f"input_ids contain token ids outside [0, {vocab}); the tokenizer does not match this model's "
+                    f"vocab_size={vocab}."
+                )
+            inputs_embeds = self.embed_tokens(input_ids)
+        length = inputs_embeds.shape[1]
+        check_positions(past_length + length, self.embed_positions.num_positions)
+        positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+        hidden = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        return self.dropout(hidden)
+
+
+class ScratchTransformerEncoder(ScratchTransformerPreTrainedModel):
+    """Embedding followed by ``encoder_layers`` self-attention layers (and a final norm when pre-norm)."""
+
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config)
+        self.embeddings = ScratchTransformerEmbedding(config, embed_tokens)
+        self.layers = nn.ModuleList(ScratchTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.layer_norm = make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutput:
+        hidden = self.embeddings(input_ids, inputs_embeds)
+        length = hidden.shape[1]
+        mask = build_attention_mask(attention_mask, length, length, causal=False)
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for layer in self.layers:
+            hidden, weights = layer(hidden, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attn += (weights,)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
+
+
+class ScratchTransformerDecoder(ScratchTransformerPreTrainedModel):
+    """Embedding followed by ``decoder_layers`` causal self-attention + cross-attention layers."""
+
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config)
+        self.embeddings = ScratchTransformerEmbedding(config, embed_tokens)
+        self.layers = nn.ModuleList(ScratchTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.layer_norm = make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder needs encoder_hidden_states (run the encoder first).")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.training and any(layer.gradient_checkpointing for layer in self.layers):
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if not use_cache:
+            past_key_values = None
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        hidden = self.embeddings(input_ids, inputs_embeds, past_length)
+        length = hidden.shape[1]
+        if attention_mask is not None and attention_mask.shape[-1] == length and past_length:
+            attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past_length), attention_mask], -1)
+        self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True, past_length=past_length)
+        if self_mask is not None and self_mask.shape[0] == 1 and attention_mask is None and self.config._attn_implementation == "sdpa" and past_length == 0:
+            self_mask = None  # plain causal: let the fused kernel apply it (module.is_causal)
+        cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_self = () if output_attentions else None
+        all_cross = () if output_attentions else None
+        for layer in self.layers:
+            hidden, self_w, cross_w = layer(
+                hidden, self_mask, encoder_hidden_states, cross_mask, past_key_values, output_attentions
+            )
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_self += (self_w,)
+                all_cross += (cross_w,)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values,
+            hidden_states=all_hidden,
+            attentions=all_self,
+            cross_attentions=all_cross,
+        )
+
+
+class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
+    """The bare encoder-decoder (AutoModel): returns the decoder's last hidden states.
+
+    Source and target share one token embedding (a joint subword vocabulary, as in the paper).
+    """
+
+    _tied_weights_keys = {
+        "encoder.embeddings.embed_tokens.weight": "shared.weight",
+        "decoder.embeddings.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: ScratchTransformerConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.encoder = ScratchTransformerEncoder(config, self.shared)
+        self.decoder = ScratchTransformerDecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.set_input_embeddings(value)
+        self.decoder.set_input_embeddings(value)
+
+    def get_encoder(self, *args, **kwargs) -> ScratchTransformerEncoder:
+        return self.encoder
+
+    def get_decoder(self, *args, **kwargs) -> ScratchTransformerDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        encoder_outputs: Optional[tuple | BaseModelOutput] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        decoder_inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(
+                "Pass decoder_input_ids (or labels to ScratchTransformerForConditionalGeneration, which derives them)."
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedModel, GenerationMixin):
+    """Encoder-decoder with the output projection to the vocabulary (AutoModelForSeq2SeqLM); ``generate`` works."""
+
+    _tied_weights_keys = {
+        "lm_head.weight": "model.shared.weight",
+        "model.encoder.embeddings.embed_tokens.weight": "model.shared.weight",
+        "model.decoder.embeddings.embed_tokens.weight": "model.shared.weight",
+    }
+
+    def __init__(self, config: ScratchTransformerConfig):
+        super().__init__(config)
+        self.model = ScratchTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
+        self.post_init()
+
+    def get_encoder(self, *args, **kwargs) -> ScratchTransformerEncoder:
+        return self.model.encoder
+
+    def get_decoder(self, *args, **kwargs) -> ScratchTransformerDecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        encoder_outputs: Optional[tuple | BaseModelOutput] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        decoder_inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Logits over the vocabulary; with ``labels`` also the (label-smoothed) cross-entropy ignoring -100."""
+        if labels is not None:
+            if use_cache:
+                use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels.to(logits.device).reshape(-1),
+                ignore_index=-100,
+                label_smoothing=self.config.label_smoothing,
+            )
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+
+__all__ = [
+    "ScratchTransformerPreTrainedModel",
+    "ScratchTransformerModel",
+    "ScratchTransformerForConditionalGeneration",
+    "shift_tokens_right",
+]
