@@ -13,11 +13,18 @@ from .modeling_transformer import (
     ScratchTransformerPreTrainedModel,
 )
 
+from .tokenization import train_tokenizer
+
 AutoConfig.register("scratch_transformer", ScratchTransformerConfig, exist_ok=True)
 AutoModel.register(ScratchTransformerConfig, ScratchTransformerModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(ScratchTransformerConfig, ScratchTransformerForConditionalGeneration, exist_ok=True)
+# Saved checkpoints carry our code, so they also load with trust_remote_code=True where this package is absent.
+ScratchTransformerConfig.register_for_auto_class()
+ScratchTransformerModel.register_for_auto_class("AutoModel")
+ScratchTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
+    "train_tokenizer",
     "ScratchTransformerConfig",
     "ScratchTransformerModel",
     "ScratchTransformerForConditionalGeneration",

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_transformer import ScratchTransformerConfig
+from .remote_code import RemoteCodeMixin
 from .layers import (
     AddNorm,
     FeedForward,
@@ -117,7 +118,7 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         return x, self_weights, cross_weights
 
 
-class ScratchTransformerPreTrainedModel(PreTrainedModel):
+class ScratchTransformerPreTrainedModel(RemoteCodeMixin, PreTrainedModel):
     config_class = ScratchTransformerConfig
     config: ScratchTransformerConfig
     base_model_prefix = "model"
@@ -128,6 +129,11 @@ class ScratchTransformerPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _can_compile_fullgraph = False
+    _remote_auto_map = {
+        "AutoConfig": "configuration_transformer.ScratchTransformerConfig",
+        "AutoModel": "modeling_transformer.ScratchTransformerModel",
+        "AutoModelForSeq2SeqLM": "modeling_transformer.ScratchTransformerForConditionalGeneration",
+    }
 
     def __init__(self, config: ScratchTransformerConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
