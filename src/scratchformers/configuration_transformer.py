@@ -15,9 +15,10 @@ from .layers import (
     check_positive,
     check_probability,
 )
+from .remote_code import ModelTypeCheckMixin
 
 
-class ScratchTransformerConfig(PreTrainedConfig):
+class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
     """Every architectural choice of the notes is a field; the defaults are the paper's base model.
 
     Args:
@@ -133,8 +134,9 @@ class ScratchTransformerConfig(PreTrainedConfig):
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
-                raise ValueError(f"{name}={value!r} must be a token id in [0, vocab_size={self.vocab_size}).")
+            for token_id in value if isinstance(value, (list, tuple)) else [value]:
+                if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
+                    raise ValueError(f"{name}={value!r} must be token ids in [0, vocab_size={self.vocab_size}).")
 
 
 __all__ = ["ScratchTransformerConfig"]

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_transformer import ScratchTransformerConfig
-from .remote_code import RemoteCodeMixin
+from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 from .layers import (
     AddNorm,
     FeedForward,
@@ -118,7 +118,7 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         return x, self_weights, cross_weights
 
 
-class ScratchTransformerPreTrainedModel(RemoteCodeMixin, PreTrainedModel):
+class ScratchTransformerPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedModel):
     config_class = ScratchTransformerConfig
     config: ScratchTransformerConfig
     base_model_prefix = "model"
