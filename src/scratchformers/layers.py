@@ -161,6 +161,7 @@ class MultiHeadAttention(nn.Module):
         is_cross_attention: bool = False,
         scoring: str = "scaled_dot",
         layer_idx: Optional[int] = None,
+        out_bias: Optional[bool] = None,
     ):
         super().__init__()
         self.config = config
@@ -176,7 +177,8 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        # ``out_bias`` defaults to ``bias``; ViT keeps the output bias even without q/k/v biases (``qkv_bias=False``).
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
         if scoring == "additive":
             self.additive_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
             nn.init.normal_(self.additive_v, std=self.head_dim**-0.5)
