@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -22,6 +22,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_transformer import ScratchTransformerConfig
+from .generation import ScratchGenerationMixin
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 from .layers import (
     AddNorm,
@@ -134,6 +135,7 @@ class ScratchTransformerPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, Pr
         "AutoModel": "modeling_transformer.ScratchTransformerModel",
         "AutoModelForSeq2SeqLM": "modeling_transformer.ScratchTransformerForConditionalGeneration",
     }
+    _remote_pipelines = {"translation": {"impl": "pipeline_translation.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"]}}
 
     def __init__(self, config: ScratchTransformerConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -265,8 +267,8 @@ class ScratchTransformerDecoder(ScratchTransformerPreTrainedModel):
         if attention_mask is not None and attention_mask.shape[-1] == length and past_length:
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past_length), attention_mask], -1)
         self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True, past_length=past_length)
-        if self_mask is not None and self_mask.shape[0] == 1 and attention_mask is None and self.config._attn_implementation == "sdpa" and past_length == 0:
-            self_mask = None  # plain causal: let the fused kernel apply it (module.is_causal)
+        if attention_mask is None and past_length == 0 and self.config._attn_implementation == "sdpa" and not output_attentions:
+            self_mask = None  # plain causal mask: the fused kernel applies it itself (module.is_causal), faster
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
 
         all_hidden = (hidden,) if output_hidden_states else None
@@ -380,7 +382,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
         )
 
 
-class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedModel, GenerationMixin):
+class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedModel, ScratchGenerationMixin):
     """Encoder-decoder with the output projection to the vocabulary (AutoModelForSeq2SeqLM); ``generate`` works."""
 
     _tied_weights_keys = {

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny configs so that every test runs in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import scratchformers as sf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+
+def tiny_transformer_config(**overrides) -> sf.ScratchTransformerConfig:
+    values = dict(
+        vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, ffn_dim=64, dropout=0.0, max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return sf.ScratchTransformerConfig(**values)
+
+
+@pytest.fixture
+def tiny_config() -> sf.ScratchTransformerConfig:
+    return tiny_transformer_config()
+
+
+@pytest.fixture
+def padded_batch() -> dict[str, torch.Tensor]:
+    """Three sources of lengths 9, 6 and 3, right-padded with pad id 0."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(4, 40, (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    attention_mask[2, 3:] = 0
+    input_ids[attention_mask == 0] = 0
+    decoder_input_ids = torch.randint(4, 40, (3, 5), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
+
+
+def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that cannot import scratchformers (as on a machine without it)."""
+    prelude = "import sys\nsys.modules['scratchformers'] = None\n"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", prelude + textwrap.dedent(code)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result

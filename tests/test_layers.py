@@ -1,0 +1,95 @@
+"""The notes' building blocks against independent, loop-based references."""
+
+import math
+
+import pytest
+import torch
+
+from scratchformers.layers import (
+    AddNorm,
+    build_attention_mask,
+    masked_softmax,
+    resolve_attention_function,
+    sinusoidal_table,
+)
+
+
+def test_padding_mask_gives_zero_weight_to_padding():
+    scores = torch.randn(2, 1, 3, 4)
+    mask = build_attention_mask(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]), 3, 4, causal=False)
+    weights = masked_softmax(scores, mask)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 1, 3))
+    assert torch.all(weights[1, :, :, 2:] == 0)
+    # The unmasked keys keep softmax over themselves only (the notes' masked softmax with valid lengths).
+    assert torch.allclose(weights[1, 0, 0, :2], torch.softmax(scores[1, 0, 0, :2], -1), atol=1e-6)
+
+
+def test_causal_mask_lets_position_i_see_only_keys_up_to_i():
+    mask = build_attention_mask(None, 4, 4, causal=True)
+    assert torch.equal(mask[0, 0], torch.tril(torch.ones(4, 4, dtype=torch.bool)))
+    # With 3 cached tokens, the 2 new queries sit at positions 3 and 4.
+    cached = build_attention_mask(None, 2, 5, causal=True, past_length=3)
+    assert torch.equal(cached[0, 0], torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool))
+
+
+def test_no_mask_when_nothing_is_masked():
+    assert build_attention_mask(torch.ones(2, 5, dtype=torch.long), 5, 5, causal=False) is None
+    assert build_attention_mask(None, 1, 5, causal=True) is None
+
+
+def test_mask_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="attention_mask covers 3 positions"):
+        build_attention_mask(torch.ones(1, 3), 4, 4, causal=False)
+
+
+def test_masked_softmax_is_finite_in_fp16_and_bf16():
+    for dtype in (torch.float16, torch.bfloat16):
+        scores = torch.randn(1, 1, 2, 3).to(dtype)
+        mask = torch.tensor([True, False, True])[None, None, None]
+        weights = masked_softmax(scores, mask)
+        assert torch.isfinite(weights).all() and torch.all(weights[..., 1] == 0)
+
+
+def test_sinusoidal_table_matches_the_formula():
+    table = sinusoidal_table(10, 8)
+    for pos in range(10):
+        for i in range(4):
+            angle = pos / 10000 ** (2 * i / 8)
+            assert math.isclose(table[pos, 2 * i].item(), math.sin(angle), abs_tol=1e-6)
+            assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
+
+
+def test_additive_attention_matches_a_loop_reference():
+    torch.manual_seed(0)
+
+    class Module(torch.nn.Module):
+        training = False
+
+    module = Module()
+    module.additive_v = torch.randn(2, 3)
+    q, k, v = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3)
+    mask = torch.tensor([1, 1, 1, 0, 0], dtype=torch.bool)[None, None, None]
+    out, weights = resolve_attention_function("eager", "additive")(module, q, k, v, mask, scaling=1.0)
+    for h in range(2):
+        for i in range(4):
+            scores = torch.stack([module.additive_v[h] @ torch.tanh(q[0, h, i] + k[0, h, j]) for j in range(3)])
+            expected = torch.softmax(scores, -1)
+            assert torch.allclose(weights[0, h, i, :3], expected, atol=1e-6)
+            assert torch.allclose(out[0, i, h], expected @ v[0, h, :3], atol=1e-6)
+
+
+def test_additive_scoring_refuses_sdpa():
+    with pytest.raises(ValueError, match="additive.*attn_implementation='eager'"):
+        resolve_attention_function("sdpa", "additive")
+
+
+def test_add_norm_post_and_pre_placement():
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    post = AddNorm(8, "layernorm", "post", 0.0, 1e-5).eval()
+    assert torch.allclose(post(x, y), torch.nn.functional.layer_norm(x + y, (8,)), atol=1e-6)
+    assert torch.equal(post.sublayer_input(x), x)
+    pre = AddNorm(8, "rmsnorm", "pre", 0.0, 1e-5).eval()
+    assert torch.allclose(pre(x, y), x + y)
+    rms = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(pre.sublayer_input(x), rms, atol=1e-6)

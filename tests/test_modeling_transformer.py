@@ -1,0 +1,157 @@
+"""ScratchTransformerModel / ForConditionalGeneration: outputs, attention kernels, masks, cache, loss."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
+
+import scratchformers as sf
+from scratchformers.modeling_transformer import shift_tokens_right
+
+from conftest import tiny_transformer_config
+
+
+def make_model(**overrides) -> sf.ScratchTransformerForConditionalGeneration:
+    torch.manual_seed(0)
+    return sf.ScratchTransformerForConditionalGeneration(tiny_transformer_config(**overrides)).eval()
+
+
+def test_outputs_are_hugging_face_model_outputs(padded_batch):
+    model = make_model()
+    out = model(**padded_batch)
+    assert isinstance(out, Seq2SeqLMOutput) and out.logits.shape == (3, 5, 40)
+    base = out_base = model.model(**padded_batch)
+    assert isinstance(base, Seq2SeqModelOutput) and out_base.last_hidden_state.shape == (3, 5, 32)
+    assert out.encoder_last_hidden_state.shape == (3, 9, 32)
+
+
+def test_eager_and_sdpa_agree(tmp_path, padded_batch):
+    make_model(norm_position="pre").save_pretrained(tmp_path)
+    eager = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(eager(**padded_batch).logits, sdpa(**padded_batch).logits, atol=1e-5, rtol=0)
+    no_padding = {k: v[:1] for k, v in padded_batch.items()}
+    torch.testing.assert_close(eager(**no_padding).logits, sdpa(**no_padding).logits, atol=1e-5, rtol=0)
+
+
+def test_additive_scoring_runs_eager_and_refuses_sdpa(padded_batch):
+    config = tiny_transformer_config(attention_scoring="additive")
+    with pytest.raises(ValueError, match="additive.*eager"):
+        sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+    model = sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+    assert torch.isfinite(model(**padded_batch).logits).all()
+
+
+def test_output_attentions_are_masked_probabilities(padded_batch):
+    model = make_model()  # sdpa by default: asking for weights switches those calls to the eager kernel
+    out = model(**padded_batch, output_attentions=True)
+    assert len(out.encoder_attentions) == 2 and out.encoder_attentions[0].shape == (3, 4, 9, 9)
+    assert out.decoder_attentions[0].shape == (3, 4, 5, 5) and out.cross_attentions[0].shape == (3, 4, 5, 9)
+    for weights in out.encoder_attentions + out.decoder_attentions + out.cross_attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert torch.all(out.cross_attentions[1][2, :, :, 3:] == 0)  # padding of the 3-token source
+    assert torch.all(out.encoder_attentions[0][1, :, :, 6:] == 0)
+    assert torch.all(out.decoder_attentions[0].triu(1) == 0)  # causal
+
+
+def test_output_hidden_states_counts(padded_batch):
+    out = make_model()(**padded_batch, output_hidden_states=True)
+    assert len(out.encoder_hidden_states) == 3 and len(out.decoder_hidden_states) == 3
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+
+
+def test_loss_is_label_smoothed_cross_entropy_ignoring_minus_100(padded_batch):
+    model = make_model(label_smoothing=0.1)
+    labels = padded_batch["decoder_input_ids"].clone()
+    labels[0, 3:] = -100
+    out = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"], labels=labels)
+    decoder_input_ids = shift_tokens_right(labels, 0, model.config.decoder_start_token_id)
+    assert decoder_input_ids[0, 0] == 1 and decoder_input_ids[0, 4] == 0  # start token, -100 became pad
+    logits = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids).logits
+    log_probs = torch.log_softmax(logits, -1)
+    keep = labels != -100
+    nll = -log_probs[keep].gather(-1, labels[keep][:, None]).squeeze(-1)
+    smooth = -log_probs[keep].mean(-1)
+    expected = (0.9 * nll + 0.1 * smooth).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(padded_batch):
+    labels = padded_batch["decoder_input_ids"]
+    inputs = {"input_ids": padded_batch["input_ids"], "attention_mask": padded_batch["attention_mask"], "labels": labels}
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_activation_checkpointing
+        model(**inputs).loss.backward()
+        grads.append(model.model.encoder.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_padded_batch_equals_each_sequence_alone(padded_batch):
+    model = make_model()
+    batched = model(**padded_batch).logits
+    for i, length in enumerate((9, 6, 3)):
+        alone = model(input_ids=padded_batch["input_ids"][i : i + 1, :length],
+                      decoder_input_ids=padded_batch["decoder_input_ids"][i : i + 1]).logits
+        torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_padded_decoder_inputs_equal_unpadded(padded_batch):
+    model = make_model()
+    dec = padded_batch["decoder_input_ids"]
+    dec_mask = torch.ones_like(dec)
+    dec_mask[0, 3:] = 0
+    padded = model(**padded_batch, decoder_attention_mask=dec_mask).logits
+    alone = model(input_ids=padded_batch["input_ids"][:1], decoder_input_ids=dec[:1, :3]).logits
+    torch.testing.assert_close(padded[:1, :3], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_cached_step_by_step_decoding_equals_full_forward(padded_batch, attn_implementation):
+    model = sf.ScratchTransformerForConditionalGeneration._from_config(
+        tiny_transformer_config(), attn_implementation=attn_implementation
+    ).eval()
+    full = model(**padded_batch).logits
+    encoder_outputs = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"])
+    cache, steps = None, []
+    for t in range(padded_batch["decoder_input_ids"].shape[1]):
+        out = model(encoder_outputs=encoder_outputs, attention_mask=padded_batch["attention_mask"],
+                    decoder_input_ids=padded_batch["decoder_input_ids"][:, t : t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits)
+    assert cache.get_seq_length() == 5 and all(cache.is_updated.values())
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = make_model()
+    with pytest.raises(ValueError, match="outside \\[0, 40\\).*tokenizer does not match"):
+        model(input_ids=torch.tensor([[5, 99]]), decoder_input_ids=torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings=64"):
+        model(input_ids=torch.ones(1, 65, dtype=torch.long), decoder_input_ids=torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model.model(input_ids=torch.tensor([[5, 6]]))
+
+
+def test_auto_model_is_the_bare_encoder_decoder(tmp_path, padded_batch):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    bare = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(bare, sf.ScratchTransformerModel)
+    torch.testing.assert_close(bare(**padded_batch).last_hidden_state, model.model(**padded_batch).last_hidden_state)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_and_untied_output_embeddings_round_trip(tmp_path, padded_batch, tie):
+    model = make_model(tie_word_embeddings=tie)
+    assert (model.lm_head.weight is model.model.shared.weight) == tie
+    assert model.model.encoder.get_input_embeddings() is model.model.shared
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert (loaded.lm_head.weight is loaded.model.shared.weight) == tie
+    torch.testing.assert_close(loaded(**padded_batch).logits, model(**padded_batch).logits)

@@ -1,0 +1,91 @@
+"""Save, load, share: safetensors + Auto classes after import, and trust_remote_code without the package."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, BertConfig
+
+import scratchformers as sf
+
+from conftest import run_without_package, tiny_transformer_config
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = sf.ScratchTransformerForConditionalGeneration(tiny_transformer_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+def test_save_pretrained_writes_safetensors_config_and_generation_config(saved):
+    _, directory = saved
+    files = set(os.listdir(directory))
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= files
+    assert {"configuration_transformer.py", "modeling_transformer.py", "layers.py"} <= files
+    config = json.load(open(directory / "config.json"))
+    assert config["model_type"] == "scratch_transformer"
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_transformer.ScratchTransformerForConditionalGeneration"
+    assert config["auto_map"]["AutoModel"] == "modeling_transformer.ScratchTransformerModel"
+    assert json.load(open(directory / "generation_config.json"))["decoder_start_token_id"] == 1
+
+
+def test_auto_classes_load_after_import(saved, padded_batch):
+    model, directory = saved
+    assert isinstance(AutoConfig.from_pretrained(directory), sf.ScratchTransformerConfig)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+    assert type(loaded) is sf.ScratchTransformerForConditionalGeneration
+    torch.testing.assert_close(loaded(**padded_batch).logits, model(**padded_batch).logits, atol=0, rtol=0)
+
+
+def test_remote_code_in_a_process_without_the_package(saved, padded_batch, tmp_path):
+    model, directory = saved
+    torch.save(padded_batch, tmp_path / "batch.pt")
+    run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModel, AutoModelForSeq2SeqLM
+        batch = torch.load({str(tmp_path / 'batch.pt')!r})
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(directory)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        bare = AutoModel.from_pretrained({str(directory)!r}, trust_remote_code=True)
+        assert type(bare).__name__ == "ScratchTransformerModel"
+        with torch.no_grad():
+            logits = model(**batch).logits
+        greedy = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8)
+        beam = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8, num_beams=3)
+        torch.save({{"logits": logits, "greedy": greedy, "beam": beam}}, {str(tmp_path / 'out.pt')!r})
+        """,
+        tmp_path,
+    )
+    remote = torch.load(tmp_path / "out.pt")
+    inputs = dict(attention_mask=padded_batch["attention_mask"], max_new_tokens=8)
+    with torch.no_grad():
+        torch.testing.assert_close(remote["logits"], model(**padded_batch).logits, atol=0, rtol=0)
+    assert torch.equal(remote["greedy"], model.generate(padded_batch["input_ids"], **inputs))
+    assert torch.equal(remote["beam"], model.generate(padded_batch["input_ids"], num_beams=3, **inputs))
+
+
+def test_missing_weights_give_a_clear_error(saved):
+    _, directory = saved
+    os.remove(directory / "model.safetensors")
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        AutoModelForSeq2SeqLM.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_weights_give_a_clear_error(saved, damage):
+    _, directory = saved
+    path = directory / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(b"not a safetensors file" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(OSError, match="weights in .* are corrupt or incomplete"):
+        AutoModelForSeq2SeqLM.from_pretrained(directory)
+
+
+def test_checkpoint_of_another_model_type_is_refused(tmp_path):
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type='bert'"):
+        sf.ScratchTransformerForConditionalGeneration.from_pretrained(tmp_path)
