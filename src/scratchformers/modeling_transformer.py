@@ -177,14 +177,19 @@ class ScratchTransformerEmbedding(nn.Module):
         return self.dropout(hidden)
 
 
-class ScratchTransformerEncoder(ScratchTransformerPreTrainedModel):
-    """Embedding followed by ``encoder_layers`` self-attention layers (and a final norm when pre-norm)."""
+class ScratchTransformerStack(ScratchTransformerPreTrainedModel):
+    """What encoder and decoder share: embedding, a stack of layers, and a final norm when pre-norm.
 
-    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
+    Pre-norm leaves the residual stream un-normalised after the last layer, so one more norm closes the stack.
+    """
+
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding, layer_class: type, num_layers: int):
         super().__init__(config)
         self.embeddings = ScratchTransformerEmbedding(config, embed_tokens)
-        self.layers = nn.ModuleList(ScratchTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
-        self.layer_norm = make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
+        self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
+        self.layer_norm = (
+            make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -192,6 +197,19 @@ class ScratchTransformerEncoder(ScratchTransformerPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.embed_tokens = value
+
+    def final_norm(self, hidden: torch.Tensor, all_hidden: Optional[tuple]) -> tuple[torch.Tensor, Optional[tuple]]:
+        if self.layer_norm is None:
+            return hidden, all_hidden
+        hidden = self.layer_norm(hidden)
+        return hidden, (all_hidden[:-1] + (hidden,) if all_hidden is not None else None)
+
+
+class ScratchTransformerEncoder(ScratchTransformerStack):
+    """Embedding followed by ``encoder_layers`` self-attention layers."""
+
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, ScratchTransformerEncoderLayer, config.encoder_layers)
 
     def forward(
         self,
@@ -214,28 +232,15 @@ class ScratchTransformerEncoder(ScratchTransformerPreTrainedModel):
                 all_hidden += (hidden,)
             if output_attentions:
                 all_attn += (weights,)
-        if self.layer_norm is not None:
-            hidden = self.layer_norm(hidden)
-            if output_hidden_states:
-                all_hidden = all_hidden[:-1] + (hidden,)
+        hidden, all_hidden = self.final_norm(hidden, all_hidden)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
 
 
-class ScratchTransformerDecoder(ScratchTransformerPreTrainedModel):
+class ScratchTransformerDecoder(ScratchTransformerStack):
     """Embedding followed by ``decoder_layers`` causal self-attention + cross-attention layers."""
 
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config)
-        self.embeddings = ScratchTransformerEmbedding(config, embed_tokens)
-        self.layers = nn.ModuleList(ScratchTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.layer_norm = make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings.embed_tokens = value
+        super().__init__(config, embed_tokens, ScratchTransformerDecoderLayer, config.decoder_layers)
 
     def forward(
         self,
@@ -283,10 +288,7 @@ class ScratchTransformerDecoder(ScratchTransformerPreTrainedModel):
             if output_attentions:
                 all_self += (self_w,)
                 all_cross += (cross_w,)
-        if self.layer_norm is not None:
-            hidden = self.layer_norm(hidden)
-            if output_hidden_states:
-                all_hidden = all_hidden[:-1] + (hidden,)
+        hidden, all_hidden = self.final_norm(hidden, all_hidden)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden,
             past_key_values=past_key_values,
