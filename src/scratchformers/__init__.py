@@ -23,7 +23,21 @@ ScratchTransformerConfig.register_for_auto_class()
 ScratchTransformerModel.register_for_auto_class("AutoModel")
 ScratchTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
+# The translation pipeline that transformers 5 removed. transformers rejects the removed task name before it looks at
+# the registry, so the name is taken off its removed list. Saved checkpoints declare the pipeline themselves
+# (custom_pipelines), and load it with pipeline("translation", model=dir, trust_remote_code=True).
+from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS  # noqa: E402
+
+from .pipeline_translation import TranslationPipeline  # noqa: E402
+from .visualization import plot_attention, plot_vit_attention  # noqa: E402
+
+REMOVED_TASKS.pop("translation", None)
+PIPELINE_REGISTRY.register_pipeline("translation", pipeline_class=TranslationPipeline, pt_model=AutoModelForSeq2SeqLM)
+
 __all__ = [
+    "TranslationPipeline",
+    "plot_attention",
+    "plot_vit_attention",
     "train_tokenizer",
     "ScratchTransformerConfig",
     "ScratchTransformerModel",

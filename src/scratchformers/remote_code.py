@@ -1,20 +1,94 @@
 """Make every saved checkpoint self-contained: loadable with ``trust_remote_code=True`` without this package.
 
 ``register_for_auto_class`` (done in ``__init__``) makes ``save_pretrained`` copy our flat module files next to the
-weights; this mixin writes the complete ``auto_map`` (config, bare model and task head) into ``config.json``.
+weights; this mixin writes the complete ``auto_map`` (config, bare model and task head) into ``config.json``, and,
+for the pipelines a model declares, writes ``custom_pipelines`` and copies the pipeline modules, exactly what a
+pipeline's own ``save_pretrained`` would write. Then, in a process that has never imported this package,
+``pipeline("translation", model=dir, trust_remote_code=True)`` and ``pipeline(model=dir, trust_remote_code=True)``
+work.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers.dynamic_module_utils import get_relative_import_files
+
+# Keyword arguments of ``save_pretrained`` that only matter when pushing to the Hub.
+_HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
+
 
 class RemoteCodeMixin:
-    """Put before ``PreTrainedModel`` in the bases; subclasses set ``_remote_auto_map`` (Auto class -> module.Class)."""
+    """Put before ``PreTrainedModel`` in the bases. Subclasses set:
+
+    - ``_remote_auto_map``: Auto class -> ``"module.Class"``, written to ``config.auto_map``;
+    - ``_remote_pipelines``: task -> ``{"impl": "module.PipelineClass", "pt": ["AutoModelFor..."]}``, written to
+      ``config.custom_pipelines`` (the format of ``Pipeline.save_pretrained``); ``module.py`` is looked up next to
+      the model's own module file and copied with its relative imports.
+    """
 
     _remote_auto_map: dict[str, str] = {}
+    _remote_pipelines: dict[str, dict[str, Any]] = {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        pipeline_files = self._declare_remote_pipelines()
+        # transformers uploads only the files its own save writes, so a push happens after our files are copied.
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        if self.should_save_on_this_rank(is_main_process):
+            for source in pipeline_files:
+                destination = Path(save_directory) / source.name
+                if not (destination.exists() and os.path.samefile(source, destination)):
+                    shutil.copyfile(source, destination)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, **hub_kwargs)
+        return result
+
+    def _declare_remote_pipelines(self) -> list[Path]:
+        """Write ``config.custom_pipelines`` for every pipeline whose code can be found; return the files to copy."""
+        if not self._remote_pipelines:
+            return []
+        custom_pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        files: list[Path] = []
+        for task, info in self._remote_pipelines.items():
+            module_file = self._find_pipeline_module(info["impl"].rsplit(".", 1)[0])
+            if module_file is None:
+                warnings.warn(
+                    f"The code of the {task!r} pipeline ({info['impl']}) was not found, so the saved checkpoint will "
+                    f"not declare it; pipeline({task!r}, model=dir, trust_remote_code=True) will not work from it."
+                )
+                continue
+            custom_pipelines[task] = copy.deepcopy(info)
+            files += [module_file, *(Path(f) for f in get_relative_import_files(module_file))]
+        if custom_pipelines:
+            self.config.custom_pipelines = custom_pipelines
+        return list(dict.fromkeys(files))
+
+    def _find_pipeline_module(self, module_name: str) -> Optional[Path]:
+        """``module_name.py`` next to this model's module file, else in the directory the model was loaded from.
+
+        The second place matters for a model that was itself loaded with ``trust_remote_code=True``: only the
+        modules it imports were copied into the dynamic-modules cache, not the pipeline's.
+        """
+        candidates = [Path(sys.modules[type(self).__module__].__file__).parent]
+        loaded_from = getattr(self.config, "_name_or_path", "") or ""
+        if loaded_from and os.path.isdir(loaded_from):
+            candidates.append(Path(loaded_from))
+        for directory in candidates:
+            module_file = directory / f"{module_name}.py"
+            if module_file.is_file():
+                return module_file
+        return None
 
 
 class CheckedLoadingMixin:

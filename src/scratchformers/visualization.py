@@ -1,0 +1,291 @@
+"""Attention you can look at: heatmaps of a Transformer's attention, attention rollout over a ViT's image.
+
+    result = plot_attention(model, tokenizer, "the cat sat", path="cross.png")   # generates the target
+    result.weights      # [target tokens, source tokens], every row a probability distribution
+    result.row_labels   # the target tokens (what each row predicts), result.col_labels the source tokens
+
+    result = plot_vit_attention(vit, image_processor, "cat.png", path="rollout.png")
+    result.mask         # [patch rows, patch columns]: how much the [CLS] token draws from each patch
+
+matplotlib is an optional dependency (``pip install matplotlib``), imported only when a plot is drawn. Figures are
+built with matplotlib's object-oriented API (no pyplot), so they need no display and are freed with the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+ATTENTION_KINDS = ("cross", "encoder")
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def _new_figure(**kwargs) -> "Figure":
+    """A matplotlib ``Figure``; a clear error naming the install command when matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "Plotting attention needs matplotlib, which is not installed. Install it with: pip install matplotlib "
+            "(or pip install 'scratchformers[plot]')."
+        ) from error
+    return Figure(**kwargs)
+
+
+@dataclass
+class AttentionPlot:
+    """What ``plot_attention`` drew: ``weights[i, j]`` is how much query token ``i`` attends to key token ``j``."""
+
+    weights: np.ndarray
+    row_labels: list[str]
+    col_labels: list[str]
+    figure: "Figure" = field(repr=False)
+    path: Optional[Path] = None
+
+
+@dataclass
+class RolloutPlot:
+    """What ``plot_vit_attention`` drew: the rollout ``[T, T]`` and the [CLS] row over the patch grid."""
+
+    rollout: np.ndarray
+    mask: np.ndarray
+    figure: "Figure" = field(repr=False)
+    path: Optional[Path] = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoder-decoder attention
+# --------------------------------------------------------------------------------------------------------------
+def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Readable axis labels: each id decoded on its own (special tokens kept), surrounding spaces stripped."""
+    labels = []
+    for token_id in ids:
+        text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+        labels.append(text.strip() or repr(text))
+    return labels
+
+
+def select_attention(attentions: Sequence[Optional[torch.Tensor]], layer: int, head: Optional[int]) -> torch.Tensor:
+    """One layer's weights of the first batch element ``[Tq, Tk]``: one head, or the mean of all heads."""
+    if not attentions or attentions[0] is None:
+        raise RuntimeError(
+            "The model returned no attention weights. Load it with attn_implementation='eager' "
+            "(fused kernels such as sdpa do not compute them)."
+        )
+    if not -len(attentions) <= layer < len(attentions):
+        raise ValueError(f"layer={layer} is out of range: the model has {len(attentions)} layers.")
+    weights = attentions[layer][0].float()  # [H, Tq, Tk]
+    if head is None:
+        return weights.mean(dim=0)  # a mean of probability rows is a probability row
+    if not -weights.shape[0] <= head < weights.shape[0]:
+        raise ValueError(f"head={head} is out of range: the layer has {weights.shape[0]} heads.")
+    return weights[head]
+
+
+@torch.no_grad()
+def plot_attention(
+    model,
+    tokenizer,
+    source: str,
+    target: Optional[str] = None,
+    path: Union[str, Path, None] = None,
+    layer: int = -1,
+    head: Optional[int] = None,
+    kind: str = "cross",
+    pad_to: Optional[int] = None,
+    max_new_tokens: int = 64,
+) -> AttentionPlot:
+    """Heatmap of an encoder-decoder model's attention for one sentence; saved as PNG when ``path`` is given.
+
+    Args:
+        source: the input sentence.
+        target: the output sentence to force (teacher forcing); ``None`` generates it greedily.
+        layer: which layer (negative counts from the last); head: which head, ``None`` averages the heads.
+        kind: ``"cross"`` (rows: target tokens, the token each row predicts; columns: source tokens) or
+            ``"encoder"`` (encoder self-attention, source tokens on both axes).
+        pad_to: pad the source with ``<pad>`` up to this many tokens, to see that padding gets zero weight.
+        max_new_tokens: length limit when the target is generated.
+
+    Weights are computed by the eager attention code whatever ``attn_implementation`` the model was loaded with
+    (our attention switches to it when weights are requested).
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind={kind!r} is not supported; allowed values: {', '.join(map(repr, ATTENTION_KINDS))}.")
+    was_training = model.training
+    model.eval()  # dropout off: the weights are exactly the softmax, rows sum to 1
+    try:
+        max_length = pad_to or getattr(model.config, "max_position_embeddings", None)
+        padding = "max_length" if pad_to else False
+        encoded = tokenizer(source, return_tensors="pt", truncation=max_length is not None, max_length=max_length,
+                            padding=padding).to(model.device)
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        col_labels = token_labels(tokenizer, input_ids[0])
+
+        if kind == "encoder":
+            outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+            attentions = outputs.attentions
+            row_labels = col_labels
+        else:
+            decoder_input_ids, predicted = _decoder_tokens(model, tokenizer, input_ids, attention_mask, target,
+                                                           max_new_tokens)
+            outputs = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                            output_attentions=True)
+            attentions = outputs.cross_attentions
+            row_labels = token_labels(tokenizer, predicted)
+    finally:
+        model.train(was_training)
+
+    weights = select_attention(attentions, layer, head).cpu().numpy()
+    head_name = "mean of heads" if head is None else f"head {head}"
+    title = f"{'cross' if kind == 'cross' else 'encoder self'}-attention, layer {layer % len(attentions)}, {head_name}"
+    ylabel = "target tokens (queries)" if kind == "cross" else "source tokens (queries)"
+    figure = _heatmap(weights, row_labels, col_labels, title, ylabel, "source tokens (keys)")
+    return AttentionPlot(weights, row_labels, col_labels, figure, _save(figure, path))
+
+
+def _decoder_tokens(model, tokenizer, input_ids, attention_mask, target, max_new_tokens):
+    """Decoder inputs ``<start> y_1 ... y_{n-1}`` and the tokens ``y_1 ... y_n`` they predict."""
+    start = model.config.decoder_start_token_id
+    if target is None:
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None:
+            max_new_tokens = min(max_new_tokens, limit - 1)
+        sequence = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                  num_beams=1, do_sample=False)[0]
+    else:
+        labels = tokenizer(text_target=target, return_tensors="pt")["input_ids"][0].to(input_ids.device)
+        sequence = torch.cat([labels.new_tensor([start]), labels])
+    return sequence[None, :-1], sequence[1:]
+
+
+def _heatmap(weights: np.ndarray, row_labels: list[str], col_labels: list[str], title: str, ylabel: str,
+             xlabel: str) -> "Figure":
+    rows, cols = weights.shape
+    figure = _new_figure(figsize=(max(4.0, 0.4 * cols + 2.0), max(3.0, 0.4 * rows + 1.5)))
+    axes = figure.add_subplot()
+    image = axes.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-6), aspect="auto")
+    axes.set_xticks(range(cols), labels=col_labels, rotation=90)
+    axes.set_yticks(range(rows), labels=row_labels)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="attention weight")
+    figure.tight_layout()
+    return figure
+
+
+def _save(figure: "Figure", path: Union[str, Path, None]) -> Optional[Path]:
+    if path is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ViT: attention rollout (Abnar & Zuidema, 2020)
+# --------------------------------------------------------------------------------------------------------------
+def attention_rollout(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", add_residual: bool = True
+) -> torch.Tensor:
+    """Attention rollout: how much each token's final state draws from each input token, through all layers.
+
+    Each layer's ``[B, H, T, T]`` weights are fused over heads to ``A``; the residual connection is accounted for
+    as ``Â = (A + I) / 2``, rows renormalised; the rollout is ``Â_L ··· Â_2 Â_1`` ``[B, T, T]``. Every row is a
+    probability distribution over the input tokens.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion={head_fusion!r}; allowed values: {', '.join(map(repr, HEAD_FUSIONS))}.")
+    if not attentions or any(a is None for a in attentions):
+        raise RuntimeError(
+            "The model returned no attention weights. Load it with attn_implementation='eager' "
+            "(fused kernels such as sdpa do not compute them)."
+        )
+    rollout = None
+    for weights in attentions:
+        weights = weights.float()
+        fused = {"mean": weights.mean(dim=1), "max": weights.amax(dim=1), "min": weights.amin(dim=1)}[head_fusion]
+        if add_residual:
+            fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], device=fused.device)
+        fused = fused / fused.sum(dim=-1, keepdim=True)
+        rollout = fused if rollout is None else fused @ rollout
+    return rollout
+
+
+def _to_pil(image: Any):
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return Image.open(image).convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    return image
+
+
+@torch.no_grad()
+def plot_vit_attention(
+    model,
+    image_processor,
+    image: Any,
+    path: Union[str, Path, None] = None,
+    head_fusion: str = "mean",
+    alpha: float = 0.5,
+) -> RolloutPlot:
+    """Overlay the attention rollout of the [CLS] token (index 0) on ``image`` (a path, PIL image or array).
+
+    Works with any model that returns Hugging Face ViT outputs: ``attentions``, one ``[B, H, T, T]`` per layer,
+    with the patch tokens last (``T = prefix tokens + patch rows × patch columns``).
+    """
+    pil_image = _to_pil(image)
+    was_training = model.training
+    model.eval()
+    try:
+        pixel_values = image_processor(images=pil_image, return_tensors="pt")["pixel_values"]
+        pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
+        outputs = model(pixel_values=pixel_values, output_attentions=True)
+    finally:
+        model.train(was_training)
+    rollout = attention_rollout(outputs.attentions, head_fusion=head_fusion)[0].cpu()
+
+    patch_size = model.config.patch_size
+    patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    grid_h, grid_w = pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
+    prefix = rollout.shape[-1] - grid_h * grid_w  # [CLS] (and any other extra tokens) come first
+    if prefix < 1:
+        raise ValueError(f"Expected a [CLS] token before the {grid_h * grid_w} patch tokens, got {rollout.shape[-1]} tokens.")
+    mask = rollout[0, prefix:].reshape(grid_h, grid_w).numpy()
+
+    shown = np.asarray(pil_image.convert("RGB"))
+    height, width = shown.shape[:2]
+    figure = _new_figure(figsize=(9.0, 4.0))
+    original, overlay = figure.subplots(1, 2)
+    original.imshow(shown)
+    original.set_title("image")
+    overlay.imshow(shown)
+    heat = overlay.imshow(mask / max(float(mask.max()), 1e-12), cmap="jet", alpha=alpha, extent=(0, width, height, 0),
+                          interpolation="bilinear", vmin=0.0, vmax=1.0)
+    overlay.set_title(f"[CLS] attention rollout ({head_fusion})")
+    for axes in (original, overlay):
+        axes.axis("off")
+    figure.colorbar(heat, ax=overlay, label="relative attention")
+    figure.tight_layout()
+    return RolloutPlot(rollout.numpy(), mask, figure, _save(figure, path))
+
+
+__all__ = [
+    "plot_attention",
+    "plot_vit_attention",
+    "attention_rollout",
+    "select_attention",
+    "token_labels",
+    "AttentionPlot",
+    "RolloutPlot",
+]

@@ -1,0 +1,177 @@
+"""Attention plots: the PNGs are written, and what they plot is right (probabilities, token labels, zero weight on
+padding); attention rollout is checked against its definition."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import scratchformers as sf
+from scratchformers.visualization import attention_rollout
+from translation_fixtures import SOURCES, make_translation_model
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    return make_translation_model()
+
+
+def tick_labels(result, axis: str) -> list[str]:
+    axes = result.figure.axes[0]
+    ticks = axes.get_xticklabels() if axis == "x" else axes.get_yticklabels()
+    return [tick.get_text() for tick in ticks]
+
+
+def assert_png(path, result):
+    assert path.is_file() and result.path == path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_cross_attention_of_generated_target(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    result = sf.plot_attention(model, tokenizer, SOURCES[0], path=tmp_path / "cross.png", max_new_tokens=6)
+    assert_png(tmp_path / "cross.png", result)
+
+    source_ids = tokenizer(SOURCES[0])["input_ids"]
+    generated = model.generate(**tokenizer(SOURCES[0], return_tensors="pt"), max_new_tokens=6)[0, 1:].tolist()
+    assert result.col_labels == [tokenizer.decode([i]).strip() for i in source_ids]
+    assert result.col_labels[:2] == ["the", "red"] and result.col_labels[-1] == "</s>"
+    assert result.row_labels == sf.visualization.token_labels(tokenizer, generated)
+    assert result.weights.shape == (len(generated), len(source_ids))
+    assert (result.weights >= 0).all()
+    np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, atol=1e-5)
+    # The figure shows these tokens on its axes.
+    assert tick_labels(result, "x") == result.col_labels
+    assert tick_labels(result, "y") == result.row_labels
+
+
+def test_forced_target_and_padding_gets_zero_weight(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    result = sf.plot_attention(model, tokenizer, SOURCES[0], target="the big dog ran", pad_to=12,
+                               path=tmp_path / "padded.png", layer=0, head=2)
+    assert_png(tmp_path / "padded.png", result)
+    real = len(tokenizer(SOURCES[0])["input_ids"])
+    assert result.col_labels[real:] == ["<pad>"] * (12 - real)
+    assert result.row_labels[:3] == ["the", "big", "dog"] and result.row_labels[-1] == "</s>"
+    assert result.weights.shape == (len(tokenizer(text_target="the big dog ran")["input_ids"]), 12)
+    assert (result.weights[:, real:] == 0).all()
+    np.testing.assert_allclose(result.weights[:, :real].sum(axis=1), 1.0, atol=1e-5)
+    assert "layer 0, head 2" in result.figure.axes[0].get_title()
+
+
+def test_encoder_self_attention(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    result = sf.plot_attention(model, tokenizer, SOURCES[1], kind="encoder", pad_to=10, path=tmp_path / "enc.png")
+    assert_png(tmp_path / "enc.png", result)
+    real = len(tokenizer(SOURCES[1])["input_ids"])
+    assert result.weights.shape == (10, 10) and result.row_labels == result.col_labels
+    assert (result.weights[:, real:] == 0).all()
+    np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, atol=1e-5)
+    assert tick_labels(result, "y") == result.col_labels
+
+
+def test_mean_of_heads_is_the_default(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    target = "le chien"
+    mean = sf.plot_attention(model, tokenizer, SOURCES[2], target=target).weights
+    heads = [sf.plot_attention(model, tokenizer, SOURCES[2], target=target, head=h).weights for h in range(4)]
+    np.testing.assert_allclose(mean, np.mean(heads, axis=0), atol=1e-6)
+    assert not np.allclose(heads[0], heads[1])
+
+
+def test_sdpa_model_gives_the_eager_weights(tmp_path):
+    """Loaded with sdpa (which computes no weights), our attention switches to eager code when asked for them."""
+    model, tokenizer = make_translation_model()
+    model.save_pretrained(tmp_path)
+    sdpa = sf.ScratchTransformerForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa")
+    eager = sf.ScratchTransformerForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager")
+    assert sdpa.config._attn_implementation == "sdpa"
+    for kind in ("cross", "encoder"):
+        a = sf.plot_attention(sdpa, tokenizer, SOURCES[0], target="le chat", kind=kind, pad_to=8).weights
+        b = sf.plot_attention(eager, tokenizer, SOURCES[0], target="le chat", kind=kind, pad_to=8).weights
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert sdpa.config._attn_implementation == "sdpa" and not sdpa.training
+
+
+def test_training_mode_is_restored_and_bad_arguments_are_named(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    model.train()
+    try:
+        sf.plot_attention(model, tokenizer, SOURCES[0], target="le chat")
+        assert model.training
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="layer=5"):
+        sf.plot_attention(model, tokenizer, SOURCES[0], target="x", layer=5)
+    with pytest.raises(ValueError, match="head=4"):
+        sf.plot_attention(model, tokenizer, SOURCES[0], target="x", head=4)
+    with pytest.raises(ValueError, match="kind="):
+        sf.plot_attention(model, tokenizer, SOURCES[0], kind="decoder")
+
+
+def test_missing_matplotlib_names_the_install_command(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        sf.plot_attention(model, tokenizer, SOURCES[0], target="x")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention rollout (Abnar & Zuidema, 2020)
+# ----------------------------------------------------------------------------------------------------------------
+def random_attention(layers: int, batch: int = 2, heads: int = 3, tokens: int = 5) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.softmax(torch.randn(batch, heads, tokens, tokens, generator=generator), -1) for _ in range(layers)]
+
+
+def test_rollout_matches_its_definition():
+    attentions = random_attention(3)
+    expected = []
+    for b in range(2):
+        rollout = np.eye(5)
+        for weights in attentions:
+            a = 0.5 * weights[b].mean(0).numpy() + 0.5 * np.eye(5)
+            rollout = (a / a.sum(-1, keepdims=True)) @ rollout
+        expected.append(rollout)
+    result = attention_rollout(attentions)
+    np.testing.assert_allclose(result.numpy(), np.stack(expected), atol=1e-6)
+    np.testing.assert_allclose(result.sum(-1).numpy(), 1.0, atol=1e-6)
+
+
+def test_rollout_special_cases():
+    identity = [torch.eye(4).expand(1, 2, 4, 4)] * 3
+    np.testing.assert_allclose(attention_rollout(identity)[0].numpy(), np.eye(4), atol=1e-7)
+    uniform = [torch.full((1, 2, 4, 4), 0.25)] * 3
+    np.testing.assert_allclose(attention_rollout(uniform, add_residual=False)[0].numpy(), 0.25, atol=1e-7)
+    maxed = attention_rollout(random_attention(2), head_fusion="max")
+    np.testing.assert_allclose(maxed.sum(-1).numpy(), 1.0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="eager"):
+        attention_rollout([None, None])
+
+
+def test_plot_vit_attention(tmp_path):
+    config = sf.ScratchViTConfig(image_size=32, patch_size=8, d_model=32, num_layers=2, num_heads=4, ffn_dim=64,
+                                 num_labels=3)
+    torch.manual_seed(0)
+    model = sf.ScratchViTForImageClassification(config).eval()
+    processor = sf.make_image_processor(config)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    result = sf.plot_vit_attention(model, processor, image, path=tmp_path / "rollout.png")
+    assert_png(tmp_path / "rollout.png", result)
+
+    tokens = 1 + (32 // 8) ** 2
+    assert result.rollout.shape == (tokens, tokens) and result.mask.shape == (4, 4)
+    np.testing.assert_allclose(result.rollout.sum(-1), 1.0, atol=1e-5)
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
+    expected = attention_rollout(attentions)[0, 0, 1:].reshape(4, 4).numpy()
+    np.testing.assert_allclose(result.mask, expected, atol=1e-6)
+    # The overlay is drawn on the original image, not on the resized model input.
+    assert result.figure.axes[1].get_images()[0].get_array().shape[:2] == (40, 52)
