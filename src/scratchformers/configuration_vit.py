@@ -1,0 +1,128 @@
+"""Configuration of the from-scratch Vision Transformer ("An Image is Worth 16x16 Words", Dosovitskiy et al. 2021)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .layers import (
+    ACTIVATIONS,
+    NORM_POSITIONS,
+    NORM_TYPES,
+    check_choice,
+    check_heads,
+    check_positive,
+    check_probability,
+)
+from .remote_code import ModelTypeCheckMixin
+
+POOLINGS = ("cls", "mean")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
+    """Every architectural choice of the ViT is a field; the defaults are ViT-B/16 at 224x224 pixels.
+
+    Args:
+        image_size: side of the (square) input image in pixels; must be divisible by ``patch_size``.
+        patch_size: side of the square patches that become tokens ((image_size / patch_size)² of them).
+        num_channels: channels of the input image (3 for RGB, 1 for grayscale).
+        d_model: width of every residual stream (ViT's "hidden size").
+        num_layers: number of stacked encoder layers.
+        num_heads: heads per multi-head attention (must divide d_model).
+        ffn_dim: hidden width of the MLP (4 · d_model in the paper).
+        activation: "gelu" (paper), "relu" or "silu".
+        dropout: dropout on embeddings and sublayer outputs; attention_dropout on attention weights.
+        drop_path_rate: stochastic depth; layer ``i`` drops its residual branches with probability
+            ``drop_path_rate · i / (num_layers - 1)`` (linearly increasing, as in DeiT / timm).
+        pooling: "cls" (the [CLS] token's final state, paper) or "mean" (average of the patch tokens).
+        norm_type: "layernorm" (paper) or "rmsnorm"; norm_position: "pre" (paper) or "post".
+        qkv_bias: biases in the query/key/value projections (the output projection always has one).
+        layer_norm_eps: 1e-12 like Hugging Face's ``ViTConfig``, so that ported google/vit checkpoints compute
+            exactly the same function (timm and the original JAX code use 1e-6; the difference is negligible).
+        label_smoothing: ε of label-smoothed cross-entropy for single-label classification.
+        init_std: standard deviation of the (truncated) normal initialisation.
+        num_labels / id2label / label2id / problem_type: the usual classification fields of ``PreTrainedConfig``.
+    """
+
+    model_type = "scratch_vit"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "num_heads",
+        "num_hidden_layers": "num_layers",
+        "intermediate_size": "ffn_dim",
+    }
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        d_model: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        ffn_dim: int = 3072,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pooling: str = "cls",
+        norm_type: str = "layernorm",
+        norm_position: str = "pre",
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-12,
+        label_smoothing: float = 0.0,
+        init_std: float = 0.02,
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.d_model = d_model
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.ffn_dim = ffn_dim
+        self.activation = activation
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.drop_path_rate = drop_path_rate
+        self.pooling = pooling
+        self.norm_type = norm_type
+        self.norm_position = norm_position
+        self.qkv_bias = qkv_bias
+        self.layer_norm_eps = layer_norm_eps
+        self.label_smoothing = label_smoothing
+        self.init_std = init_std
+        super().__init__(**kwargs)
+        self.validate_architecture()
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens of an ``image_size`` image (the [CLS] token comes on top)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def validate_architecture(self) -> None:
+        """Raise ``ValueError`` naming the field and the allowed values for any invalid setting."""
+        for name in ("image_size", "patch_size", "num_channels", "d_model", "num_layers", "num_heads", "ffn_dim"):
+            check_positive(name, getattr(self, name))
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} must be divisible by patch_size={self.patch_size} "
+                "(the image is cut into whole patches)."
+            )
+        check_heads("d_model", self.d_model, "num_heads", self.num_heads)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        for name in ("dropout", "attention_dropout", "drop_path_rate", "label_smoothing"):
+            check_probability(name, getattr(self, name))
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be True or False, got {self.qkv_bias!r}.")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
+        check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+
+
+__all__ = ["ScratchViTConfig", "POOLINGS"]

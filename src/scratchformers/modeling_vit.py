@@ -1,0 +1,311 @@
+"""The Vision Transformer of the notes, written from scratch, living natively in transformers 5.
+
+image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (PatchEmbedding) -> prepend a learned
+[CLS] token -> add learned position embeddings -> N pre-norm encoder layers (multi-head self-attention and MLP,
+each in add & norm, with stochastic depth) -> final norm -> pool ([CLS] or mean of the patches) -> linear classifier.
+
+The encoder layer is built from the same blocks as the seq2seq Transformer (``layers.py``). Module names follow
+Hugging Face's ViT (``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight port in
+``convert_vit.py`` is a renaming.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import IMAGE_PROCESSOR_NAME
+
+from .configuration_vit import ScratchViTConfig
+from .image_processing_vit import make_image_processor
+from .layers import AddNorm, FeedForward, MultiHeadAttention, init_weights, make_norm
+from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
+
+
+class PatchEmbedding(nn.Module):
+    """Cut the image into P x P patches and project each to d_model: a Conv2d with kernel = stride = P.
+
+    The convolution is exactly "flatten every patch and apply one shared Linear(C·P·P -> d_model)", computed
+    without materialising the patches. Output: ``[B, (H/P)·(W/P), d_model]`` in row-major patch order.
+    """
+
+    def __init__(self, config: ScratchViTConfig):
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        self.projection = nn.Conv2d(config.num_channels, config.d_model, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must have shape [batch, channels, height, width], got {tuple(pixel_values.shape)}."
+            )
+        channels, height, width = pixel_values.shape[1:]
+        if channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values have {channels} channels but the model expects num_channels={self.num_channels}; "
+                "preprocess the images with the model's image processor (it converts to the right channel count)."
+            )
+        if height < self.patch_size or width < self.patch_size:
+            raise ValueError(f"The image ({height}x{width}) is smaller than one patch ({self.patch_size}x{self.patch_size}).")
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ScratchViTEmbeddings(nn.Module):
+    """Patch embeddings, the learned [CLS] token in front, plus learned position embeddings; then dropout."""
+
+    def __init__(self, config: ScratchViTConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.patch_embeddings = PatchEmbedding(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.d_model))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a ``height`` x ``width`` image: the trained patch grid resized bicubically.
+
+        The [CLS] position is kept as is; the (image_size/P)² grid of patch positions is treated as a d_model-channel
+        image and resized to (height/P, width/P), as in DINO and Hugging Face's ViT.
+        """
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+        trained_grid = self.image_size // self.patch_size
+        if grid_height == trained_grid and grid_width == trained_grid:
+            return self.position_embeddings
+        cls_position = self.position_embeddings[:, :1]
+        patch_positions = self.position_embeddings[:, 1:]
+        dim = patch_positions.shape[-1]
+        patch_positions = patch_positions.reshape(1, trained_grid, trained_grid, dim).permute(0, 3, 1, 2)
+        patch_positions = nn.functional.interpolate(
+            patch_positions.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False
+        ).to(cls_position.dtype)
+        patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+        return torch.cat([cls_position, patch_positions], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"Input image size ({height}x{width}) doesn't match the model ({self.image_size}x{self.image_size}). "
+                "Resize the images (the model's image processor does), or pass interpolate_pos_encoding=True to "
+                "resize the position embeddings instead."
+            )
+        patches = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
+        tokens = torch.cat([cls_tokens, patches], dim=1)
+        if interpolate_pos_encoding:
+            tokens = tokens + self.interpolate_pos_encoding(height, width)
+        else:
+            tokens = tokens + self.position_embeddings
+        return self.dropout(tokens)
+
+
+class ScratchViTLayer(GradientCheckpointingLayer):
+    """Self-attention sublayer and MLP sublayer, each wrapped in add & norm (pre-norm by default) + stochastic depth."""
+
+    def __init__(self, config: ScratchViTConfig, layer_idx: int, drop_path: float = 0.0):
+        super().__init__()
+        d = config.d_model
+
+        def add_norm() -> AddNorm:
+            return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps, drop_path)
+
+        self.self_attn = MultiHeadAttention(
+            config, d, config.num_heads, config.attention_dropout, bias=config.qkv_bias,
+            is_causal=False, layer_idx=layer_idx, out_bias=True,
+        )
+        self.self_attn_add_norm = add_norm()
+        self.ffn = FeedForward(d, config.ffn_dim, config.activation)
+        self.ffn_add_norm = add_norm()
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x = hidden_states
+        attn_out, attn_weights = self.self_attn(
+            self.self_attn_add_norm.sublayer_input(x), output_attentions=output_attentions
+        )
+        x = self.self_attn_add_norm(x, attn_out)
+        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
+        return x, attn_weights
+
+
+class ScratchViTPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedModel):
+    config_class = ScratchViTConfig
+    config: ScratchViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScratchViTEmbeddings", "ScratchViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+    _remote_auto_map = {
+        "AutoConfig": "configuration_vit.ScratchViTConfig",
+        "AutoModel": "modeling_vit.ScratchViTModel",
+        "AutoModelForImageClassification": "modeling_vit.ScratchViTForImageClassification",
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear layers and norms as in ``layers.init_weights``; patch projection, [CLS] and positions likewise."""
+        std = self.config.init_std
+        init_weights(module, std)
+        if isinstance(module, PatchEmbedding):
+            nn.init.trunc_normal_(module.projection.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(module.projection.bias)
+        elif isinstance(module, ScratchViTEmbeddings):
+            nn.init.trunc_normal_(module.cls_token, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual and, unless the directory already has one, the default image processor
+        (``make_image_processor(config)``), so that every checkpoint works with ``AutoImageProcessor`` and
+        ``pipeline("image-classification")``. A processor saved later (e.g. by ``Trainer``) replaces it."""
+        processor_file = os.path.join(save_directory, IMAGE_PROCESSOR_NAME)
+        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)) and not os.path.isfile(processor_file):
+            make_image_processor(self.config).save_pretrained(save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class ScratchViTModel(ScratchViTPreTrainedModel):
+    """The bare ViT (AutoModel): all token states and the pooled image representation."""
+
+    def __init__(self, config: ScratchViTConfig):
+        super().__init__(config)
+        self.embeddings = ScratchViTEmbeddings(config)
+        # Stochastic depth grows linearly with depth, from 0 at the first layer to drop_path_rate at the last.
+        drop_paths = torch.linspace(0, config.drop_path_rate, config.num_layers).tolist()
+        self.layers = nn.ModuleList(ScratchViTLayer(config, i, drop_paths[i]) for i in range(config.num_layers))
+        self.layer_norm = make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> PatchEmbedding:
+        return self.embeddings.patch_embeddings
+
+    def pool(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """One vector per image: the [CLS] token's state, or the mean of the patch tokens' states."""
+        if self.config.pooling == "mean":
+            return hidden_states[:, 1:].mean(dim=1)
+        return hidden_states[:, 0]
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        interpolate_pos_encoding: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """``last_hidden_state`` (after the final norm), ``pooler_output``; per-layer ``hidden_states`` (embeddings
+        + one per layer, before the final norm, as in Hugging Face's ViT) and ``attentions`` when asked."""
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values (images as a [batch, channels, height, width] tensor).")
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        # Pipelines and processors produce float32 pixels; run them in the model's dtype (bf16, fp16 ...).
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+
+        hidden = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for layer in self.layers:
+            hidden, weights = layer(hidden, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attn += (weights,)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.pool(hidden), hidden_states=all_hidden, attentions=all_attn
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ScratchViTConfig) -> torch.Tensor:
+    """The loss Hugging Face's classifiers use, chosen by ``config.problem_type`` (inferred and stored if unset):
+
+    - ``regression`` (num_labels == 1, or set explicitly): mean squared error;
+    - ``single_label_classification`` (integer labels): cross-entropy, label-smoothed by ``config.label_smoothing``,
+      ignoring label -100;
+    - ``multi_label_classification`` (float multi-hot labels): binary cross-entropy with logits.
+    """
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    logits = logits.float()
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return nn.functional.cross_entropy(
+            logits.view(-1, num_labels), labels.view(-1), ignore_index=-100, label_smoothing=config.label_smoothing
+        )
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class ScratchViTForImageClassification(ScratchViTPreTrainedModel):
+    """ViT with a linear classifier on the pooled representation (AutoModelForImageClassification)."""
+
+    def __init__(self, config: ScratchViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = ScratchViTModel(config)
+        self.classifier = nn.Linear(config.d_model, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> PatchEmbedding:
+        return self.vit.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        interpolate_pos_encoding: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        """Logits ``[B, num_labels]``; with ``labels`` also the loss (see ``classification_loss``)."""
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = [
+    "PatchEmbedding",
+    "ScratchViTPreTrainedModel",
+    "ScratchViTModel",
+    "ScratchViTForImageClassification",
+    "classification_loss",
+]

@@ -1,0 +1,67 @@
+"""ScratchViTConfig: ViT-B/16 defaults, validation that names the field, save/load through AutoConfig."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoConfig
+
+import scratchformers as sf
+
+
+def test_defaults_are_vit_base_patch16_224():
+    config = sf.ScratchViTConfig()
+    assert (config.image_size, config.patch_size, config.num_channels) == (224, 16, 3)
+    assert (config.d_model, config.num_layers, config.num_heads, config.ffn_dim) == (768, 12, 12, 3072)
+    assert (config.activation, config.norm_type, config.norm_position, config.pooling) == ("gelu", "layernorm", "pre", "cls")
+    assert config.layer_norm_eps == 1e-12 and config.qkv_bias is True
+    assert config.num_patches == 196
+    # transformers' generic names read our fields (Trainer, accelerate and pipelines use them)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"image_size": 30, "patch_size": 16}, "image_size"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"num_channels": 0}, "num_channels"),
+        ({"d_model": 100, "num_heads": 12}, "num_heads"),
+        ({"num_layers": -1}, "num_layers"),
+        ({"ffn_dim": 1.5}, "ffn_dim"),
+        ({"activation": "tanh"}, "activation"),
+        ({"pooling": "max"}, "pooling"),
+        ({"norm_type": "batchnorm"}, "norm_type"),
+        ({"norm_position": "middle"}, "norm_position"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"attention_dropout": -0.1}, "attention_dropout"),
+        ({"drop_path_rate": 2}, "drop_path_rate"),
+        ({"label_smoothing": 1.5}, "label_smoothing"),
+        ({"qkv_bias": "yes"}, "qkv_bias"),
+        ({"layer_norm_eps": 0}, "layer_norm_eps"),
+        ({"init_std": -1}, "init_std"),
+        ({"problem_type": "ranking"}, "problem_type"),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        sf.ScratchViTConfig(**overrides)
+
+
+def test_labels_and_roundtrip_through_autoconfig(tmp_path):
+    config = sf.ScratchViTConfig(
+        image_size=32, patch_size=4, num_channels=1, d_model=48, num_layers=3, num_heads=6, ffn_dim=96,
+        pooling="mean", norm_position="post", drop_path_rate=0.1, label_smoothing=0.1,
+        id2label={0: "zero", 1: "one", 2: "two"}, label2id={"zero": 0, "one": 1, "two": 2},
+    )
+    assert config.num_labels == 3 and config.num_patches == 64
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is sf.ScratchViTConfig
+    assert loaded.to_diff_dict() == config.to_diff_dict()
+    assert loaded.id2label == {0: "zero", 1: "one", 2: "two"}
+
+
+def test_a_config_of_another_model_type_is_refused(tmp_path):
+    sf.ScratchTransformerConfig(vocab_size=40, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="scratch_transformer"):
+        sf.ScratchViTConfig.from_pretrained(tmp_path)
