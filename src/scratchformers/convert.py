@@ -10,6 +10,7 @@ import copy
 import torch
 
 from .configuration_transformer import ScratchTransformerConfig
+from .convert_vit import vit_config_to_scratch, vit_to_scratch  # the ViT port lives in its own module
 from .modeling_transformer import ScratchTransformerForConditionalGeneration
 
 _MARIAN_ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu"}
@@ -107,4 +108,4 @@ def marian_to_scratch(marian_model) -> ScratchTransformerForConditionalGeneratio
     return model.to(marian_model.dtype).eval()
 
 
-__all__ = ["marian_to_scratch", "marian_config_to_scratch"]
+__all__ = ["marian_to_scratch", "marian_config_to_scratch", "vit_to_scratch", "vit_config_to_scratch"]
