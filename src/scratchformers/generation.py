@@ -1,0 +1,696 @@
+"""Beam search beyond transformers 5 core, offline: diverse (group) beam search and constrained beam search.
+
+transformers 5 moved both strategies out of core into Hub repositories, which cannot be reached offline. This
+module brings them back as ``custom_generate`` callables, and ``ScratchGenerationMixin`` routes
+``num_beam_groups > 1`` / ``force_words_ids`` / ``constraints`` to them, so transformers-4 code runs unchanged::
+
+    model.generate(**inputs, num_beams=6, num_beam_groups=3, diversity_penalty=1.0)
+    model.generate(**inputs, num_beams=4, force_words_ids=[[a, b], [[c], [d, e]]])  # "a b" and ("c" or "d e")
+    model.generate(**inputs, num_beams=4, custom_generate=diverse_beam_search)      # any GenerationMixin model
+
+Beam search, the chapter
+------------------------
+Greedy decoding keeps one hypothesis and appends its most likely token. Beam search keeps the ``num_beams`` best
+partial hypotheses ("beams"). One step:
+
+1. score every continuation of every beam: score(beam + token) = score(beam) + log p(token | beam), i.e. the sum
+   of the log-probabilities of all tokens so far (after the logits processors: repetition penalty, biases ...);
+2. take the best ``2 × num_beams`` continuations (twice as many, so that enough are left when some end);
+3. a continuation that ends (EOS, or the maximum length) and ranks among the first ``num_beams`` becomes a
+   *finished hypothesis*; its score is normalised by length, ``score / L^α`` with ``L`` the number of generated
+   tokens including the EOS (``α`` = ``length_penalty``: α > 0 favours longer outputs, α < 0 shorter ones);
+   we keep the ``num_beams`` best finished hypotheses;
+4. the first ``num_beams`` continuations that did not end are the beams of the next step.
+
+The search stops when no running beam can beat the worst kept finished hypothesis (``early_stopping=False``:
+judged at the current length; ``"never"``: judged at the best possible length, an exact bound), as soon as
+``num_beams`` hypotheses are finished (``early_stopping=True``), or when every continuation has ended. With one
+group and no constraints the code below returns exactly what transformers' core beam search returns (sequences and
+``sequences_scores``); the tests check that.
+
+Diverse beam search (Vijayakumar et al., 2016) splits the beams into ``num_beam_groups`` groups that are searched
+one after the other within each step. Group ``g`` pays ``diversity_penalty`` for every time a group before it chose
+the same token at this step (Hamming diversity), so the groups spread over different tokens. As in transformers 4
+the penalty is part of the hypotheses' scores, and the returned hypotheses of all groups are sorted by score.
+
+Constrained beam search (Hokamp & Liu, 2017; dynamic beam allocation of Post & Vilar, 2018) makes phrases appear.
+Besides the best-scoring continuations, every beam proposes the tokens that take it one step further into a phrase
+it still lacks. Candidates are put in *banks* by how many constraint tokens they have in place, and the beam is
+filled round-robin across banks (the best of the fullest bank, the best of the next bank, ...), so hypotheses that
+paid a price to make progress on the constraints are not crowded out by unconstrained ones. Only hypotheses that
+satisfy every constraint may finish. If the maximum length makes that impossible, the best hypotheses found are
+returned with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput
+
+# The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
+# so that sums and divisions stay well defined.
+_EMPTY = -1.0e9
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Constraints
+# --------------------------------------------------------------------------------------------------------------
+def _contains(tokens: Sequence[int], phrase: Sequence[int]) -> bool:
+    """Whether ``phrase`` occurs in ``tokens`` as a contiguous run."""
+    n = len(phrase)
+    return any(tuple(tokens[i : i + n]) == tuple(phrase) for i in range(len(tokens) - n + 1))
+
+
+def _partial_matches(tokens: Sequence[int], phrase: Sequence[int]) -> list[int]:
+    """Every ``p < len(phrase)`` such that ``tokens`` ends with the first ``p`` tokens of ``phrase`` (``0`` always)."""
+    return [p for p in range(len(phrase)) if p == 0 or tuple(tokens[-p:]) == tuple(phrase[:p])]
+
+
+class Constraint(list):
+    """A requirement on the generated tokens: one of ``phrases`` (lists of token ids) must appear contiguously.
+
+    Constraints here are stateless: whether a hypothesis satisfies one, and how far it has got, is read off its
+    tokens at every step, so nothing has to be copied or reordered with the beams. A constraint is also the list
+    of its token ids (the form of one ``force_words_ids`` item), so a ``GenerationConfig`` holding constraints
+    prints, saves to JSON and loads back.
+    """
+
+    def __init__(self, phrases: Iterable[Sequence[int]]):
+        phrases = [list(phrase) for phrase in phrases]
+        if not phrases or any(
+            len(phrase) == 0 or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in phrase)
+            for phrase in phrases
+        ):
+            raise ValueError(
+                f"A constraint needs one or more non-empty lists of non-negative token ids, got {phrases!r}."
+            )
+        super().__init__(phrases)
+        self.phrases: tuple[tuple[int, ...], ...] = tuple(tuple(phrase) for phrase in phrases)
+
+    @property
+    def token_ids(self) -> list:
+        return [list(x) if isinstance(x, list) else x for x in self]
+
+    def is_satisfied(self, tokens: Sequence[int]) -> bool:
+        return any(_contains(tokens, phrase) for phrase in self.phrases)
+
+    def progress(self, tokens: Sequence[int]) -> int:
+        """Constraint tokens in place: the longest phrase length once satisfied, else the longest partial match."""
+        if self.is_satisfied(tokens):
+            return max(len(phrase) for phrase in self.phrases)
+        return max(max(_partial_matches(tokens, phrase)) for phrase in self.phrases)
+
+    def next_tokens(self, tokens: Sequence[int]) -> set[int]:
+        """Tokens that take ``tokens`` one step further into some phrase (starting a phrase counts)."""
+        return {phrase[p] for phrase in self.phrases for p in _partial_matches(tokens, phrase)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class PhrasalConstraint(Constraint):
+    """The phrase ``token_ids`` must appear (transformers 4's ``PhrasalConstraint``)."""
+
+    def __init__(self, token_ids: Sequence[int]):
+        super().__init__([token_ids])
+        self[:] = list(token_ids)
+
+
+class DisjunctiveConstraint(Constraint):
+    """At least one of the phrases in ``nested_token_ids`` must appear (transformers 4's ``DisjunctiveConstraint``)."""
+
+    def __init__(self, nested_token_ids: Sequence[Sequence[int]]):
+        super().__init__(nested_token_ids)
+
+
+def build_constraints(force_words_ids=None, constraints=None) -> list[Constraint]:
+    """Turn transformers-4 style arguments into constraints.
+
+    ``force_words_ids``: a list whose items are either a phrase (list of ids: it must appear) or a list of
+    alternative phrases (list of lists: one of them must appear). ``constraints``: ``Constraint`` objects, items
+    shaped like those of ``force_words_ids`` (what a saved generation config holds), or objects with a
+    ``token_ids`` attribute of that shape (transformers 4's constraint classes).
+    """
+    result: list[Constraint] = []
+    if force_words_ids is not None:
+        if not isinstance(force_words_ids, (list, tuple)) or len(force_words_ids) == 0:
+            raise ValueError(
+                "force_words_ids must be a non-empty list of phrases (lists of token ids) or of lists of alternative "
+                f"phrases, got {force_words_ids!r}."
+            )
+        for item in force_words_ids:
+            result.append(_constraint_from_ids(item))
+    for item in constraints or []:
+        if isinstance(item, Constraint):
+            result.append(item)
+        elif isinstance(item, (list, tuple)):
+            result.append(_constraint_from_ids(item))
+        elif hasattr(item, "token_ids"):
+            result.append(_constraint_from_ids(item.token_ids))
+        else:
+            raise ValueError(f"Unsupported constraint {item!r}: use PhrasalConstraint or DisjunctiveConstraint.")
+    return result
+
+
+def _constraint_from_ids(item) -> Constraint:
+    if not isinstance(item, (list, tuple)) or len(item) == 0:
+        raise ValueError(f"Each forced word must be a non-empty list of token ids (or of such lists), got {item!r}.")
+    if all(isinstance(x, (list, tuple)) for x in item):
+        return DisjunctiveConstraint(item)
+    return PhrasalConstraint(item)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The beam search engine
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Candidates:
+    """Continuations proposed for one group, in priority order: position 0 is the one the beam wants most."""
+
+    scores: torch.Tensor  # [B, C] accumulated log-probability of beam + token
+    parents: torch.Tensor  # [B, C] index of the parent beam within the group
+    tokens: torch.Tensor  # [B, C] the appended token
+    valid: torch.Tensor  # [B, C] False for padding (batch items with fewer candidates)
+    satisfied: torch.Tensor  # [B, C] every constraint met (always True without constraints)
+
+
+class _FinishedHypotheses:
+    """The ``size`` best finished hypotheses of every batch item (for one group), best first."""
+
+    def __init__(self, batch_size: int, size: int, max_length: int, num_steps: int, fill: int, device):
+        self.tokens = torch.full((batch_size, size, max_length), fill, dtype=torch.long, device=device)
+        self.scores = torch.full((batch_size, size), _EMPTY, dtype=torch.float, device=device)
+        self.origins = torch.full((batch_size, size, num_steps), -1, dtype=torch.int32, device=device)
+        self.done = torch.zeros((batch_size, size), dtype=torch.bool, device=device)
+
+    def add(self, tokens: torch.Tensor, scores: torch.Tensor, origins: torch.Tensor, admit: torch.Tensor) -> None:
+        """Merge the admitted candidates (length-normalised ``scores``) and keep the best ``size``."""
+        size = self.scores.shape[1]
+        scores = scores.masked_fill(~admit, float("-inf"))
+        merged_scores = torch.cat([self.scores, scores], dim=1)
+        best = torch.topk(merged_scores, size, dim=1).indices
+        self.tokens = _take(torch.cat([self.tokens, tokens], dim=1), best)
+        self.origins = _take(torch.cat([self.origins, origins], dim=1), best)
+        self.done = _take(torch.cat([self.done, admit], dim=1), best)
+        self.scores = _take(merged_scores, best)
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b, k], ...]`` for every batch item ``b``: pick beams/candidates along dim 1."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(tensor, index, dim=1)
+
+
+def _propose_by_score(log_probs: torch.Tensor, beam_scores: torch.Tensor, count: int) -> _Candidates:
+    """The ``count`` best continuations of all beams of a group by accumulated score (step 2 of the chapter)."""
+    batch, beams, vocab = log_probs.shape
+    totals = (log_probs + beam_scores[:, :, None]).reshape(batch, beams * vocab)
+    scores, flat = torch.topk(totals, count, dim=1)
+    ones = torch.ones_like(flat, dtype=torch.bool)
+    return _Candidates(scores, flat // vocab, flat % vocab, ones, ones)
+
+
+class _Proposal(NamedTuple):
+    score: float  # accumulated log-probability of parent + token
+    parent: int  # beam within the group
+    token: int
+    bank: int  # constraint tokens in place
+    satisfied: bool  # every constraint met
+
+
+def _round_robin_by_bank(proposals: list[_Proposal]) -> list[_Proposal]:
+    """Best of the fullest bank, best of the next bank, ..., then the second best of each bank, and so on."""
+    seen_in_bank: dict[int, int] = {}
+    keyed = []
+    for proposal in sorted(proposals, key=lambda p: (-p.bank, -p.score)):
+        rank = seen_in_bank.get(proposal.bank, 0)
+        seen_in_bank[proposal.bank] = rank + 1
+        keyed.append(((rank, -proposal.bank), proposal))
+    return [proposal for _, proposal in sorted(keyed, key=lambda k: k[0])]
+
+
+def _propose_with_constraints(
+    log_probs: torch.Tensor,
+    beam_scores: torch.Tensor,
+    beam_tokens: torch.Tensor,
+    count: int,
+    prompt_len: int,
+    cur_len: int,
+    constraints: list[Constraint],
+) -> _Candidates:
+    """Candidates for constrained search, ordered bank round-robin.
+
+    Proposed: the ``count`` best continuations of all beams by score (as plain beam search), and from every beam
+    its own ``num_beams`` most likely next tokens and every token that advances a constraint it still lacks (so a
+    beam that paid for constraint tokens, and scores low, can still go on and end). A continuation reached from
+    two parents is kept once, with its better score. Placeholder beams (score ``_EMPTY``) propose nothing of their
+    own and their continuations come last.
+    """
+    by_score = _propose_by_score(log_probs, beam_scores, count)
+    totals = log_probs + beam_scores[:, :, None]
+    batch, beams, vocab = log_probs.shape
+    own_best = torch.topk(log_probs, min(beams, vocab), dim=-1).indices.tolist()  # [B][beam][k]
+    per_item = []
+    for b in range(batch):
+        hyps = [beam_tokens[b, j, prompt_len:cur_len].tolist() for j in range(beams)]
+        found: dict[tuple, tuple[float, int, int]] = {}  # generated tokens -> (score, parent, token)
+
+        def offer(score: float, parent: int, token: int) -> None:
+            key = (*hyps[parent], token)
+            if score != float("-inf") and (key not in found or found[key][0] < score):
+                found[key] = (score, parent, token)
+
+        for score, parent, token in zip(
+            by_score.scores[b].tolist(), by_score.parents[b].tolist(), by_score.tokens[b].tolist()
+        ):
+            offer(score, parent, token)
+        for j, beam_score in enumerate(beam_scores[b].tolist()):
+            if beam_score <= _EMPTY / 2:
+                continue
+            missing = [c for c in constraints if not c.is_satisfied(hyps[j])]
+            tokens = sorted(set(own_best[b][j]).union(*(c.next_tokens(hyps[j]) for c in missing)))
+            for token, score in zip(tokens, totals[b, j, tokens].tolist()):
+                offer(score, j, token)
+
+        proposals = [
+            _Proposal(score, parent, token, sum(c.progress(key) for c in constraints),
+                      all(c.is_satisfied(key) for c in constraints))
+            for key, (score, parent, token) in found.items()
+        ]
+        real = [p for p in proposals if p.score > _EMPTY / 2]
+        placeholders = sorted((p for p in proposals if p.score <= _EMPTY / 2), key=lambda p: -p.score)
+        per_item.append(_round_robin_by_bank(real) + placeholders)
+
+    width = max(map(len, per_item))
+    padding = _Proposal(2 * _EMPTY, 0, 0, 0, False)
+
+    def column(field: str, dtype) -> torch.Tensor:
+        rows = [[getattr(p, field) for p in items + [padding] * (width - len(items))] for items in per_item]
+        return torch.tensor(rows, dtype=dtype, device=log_probs.device)
+
+    valid = torch.tensor([[k < len(items) for k in range(width)] for items in per_item], device=log_probs.device)
+    return _Candidates(
+        column("score", log_probs.dtype), column("parent", torch.long), column("token", torch.long), valid,
+        column("satisfied", torch.bool),
+    )
+
+
+def _hamming_counts(chosen: list[torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """How often each token was chosen at this step by the groups already searched: ``[B, vocab]``."""
+    tokens = torch.cat(chosen, dim=1)
+    counts = torch.zeros((tokens.shape[0], vocab_size), dtype=torch.float, device=tokens.device)
+    return counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=torch.float))
+
+
+def _forward(model, running_tokens: torch.Tensor, model_kwargs: dict, generation_config, first: bool):
+    """One decoder forward pass over all beams; the first one is the prefill of the decoder prompt."""
+    if first and hasattr(model, "_prefill"):
+        return model._prefill(running_tokens, generation_config, model_kwargs, is_first_iteration=True)
+    step = 1 if (model_kwargs.get("use_cache") and not first) else None
+    inputs = model.prepare_inputs_for_generation(
+        running_tokens, next_sequence_length=step, is_first_iteration=first, **model_kwargs
+    )
+    return model(**inputs, return_dict=True)
+
+
+def _output_fill_value(generation_config) -> int:
+    """The id written after a hypothesis ends; as in core beam search (pad, or EOS when pad is unset or 0)."""
+    pad, eos = generation_config._pad_token_tensor, generation_config._eos_token_tensor
+    if eos is None:
+        return -1
+    return int(pad) if pad is not None and int(pad) != 0 else int(eos.reshape(-1)[0])
+
+
+def _run_beam_search(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    synced_gpus: bool,
+    num_groups: int,
+    diversity_penalty: float,
+    constraints: list[Constraint],
+    model_kwargs: dict,
+):
+    """Beam search with beam groups and constraints; see the module docstring for the algorithm.
+
+    ``input_ids`` is ``[batch × num_beams, prompt_len]`` (generate() has expanded it); beams of one batch item are
+    contiguous rows, the beams of group ``g`` are rows ``g × group_size ... (g + 1) × group_size - 1`` of it.
+    """
+    config = generation_config
+    num_beams, length_penalty, early_stopping = config.num_beams, config.length_penalty, config.early_stopping
+    max_length, num_return = config.max_length, config.num_return_sequences
+    eos = config._eos_token_tensor
+    group_size = num_beams // num_groups
+    want_dict, want_scores = config.return_dict_in_generate, config.output_scores
+    want_logits, want_attentions = config.output_logits, config.output_attentions
+    want_hidden = config.output_hidden_states
+    is_encoder_decoder = model.config.is_encoder_decoder
+    device = input_ids.device
+
+    batch = input_ids.shape[0] // num_beams
+    prompt_len = cur_len = input_ids.shape[1]
+    num_steps = max_length - prompt_len
+    fill = _output_fill_value(config)
+    num_candidates = max(2, 1 + (eos.numel() if eos is not None else 0)) * group_size
+
+    # Running beams [B, num_beams, ...]. Only the first beam of each group is real at the start: the others are
+    # placeholders (score _EMPTY), so that the first step does not pick the same token once per beam.
+    tokens = torch.full((batch, num_beams, max_length), fill, dtype=torch.long, device=device)
+    tokens[:, :, :prompt_len] = input_ids.view(batch, num_beams, prompt_len)
+    scores = torch.zeros((batch, num_groups, group_size), dtype=torch.float, device=device)
+    scores[:, :, 1:] = _EMPTY
+    scores = scores.view(batch, num_beams)
+    # origins[b, k, t]: the row (batch × num_beams numbering) whose beam the k-th beam continued at step t
+    origins = torch.full((batch, num_beams, num_steps), -1, dtype=torch.int32, device=device)
+    finished = [_FinishedHypotheses(batch, group_size, max_length, num_steps, fill, device) for _ in range(num_groups)]
+    # Constrained search only: hypotheses that ended without meeting the constraints, the last resort.
+    unmet = [_FinishedHypotheses(batch, group_size, max_length, num_steps, fill, device) for _ in range(num_groups)]
+    can_improve = torch.ones((batch, num_groups), dtype=torch.bool, device=device)
+
+    all_scores = () if (want_dict and want_scores) else None
+    raw_logits = () if (want_dict and want_logits) else None
+    decoder_attentions = () if (want_dict and want_attentions) else None
+    cross_attentions = () if (want_dict and want_attentions) else None
+    decoder_hidden = () if (want_dict and want_hidden) else None
+
+    this_peer_finished = False
+    first = True
+    while model._has_unfinished_sequences(this_peer_finished, synced_gpus, device=device):
+        flat_tokens = tokens[:, :, :cur_len].reshape(batch * num_beams, cur_len)
+        outputs = _forward(model, flat_tokens, model_kwargs, config, first)
+        first = False
+        model_kwargs = model._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder
+        )
+        if synced_gpus and this_peer_finished:
+            continue
+
+        logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=device)
+        log_probs = logits_processor(flat_tokens, nn.functional.log_softmax(logits, dim=-1))
+        vocab = log_probs.shape[-1]
+        step_scores = log_probs.view(batch, num_groups, group_size, vocab)  # diversity penalties are added in place
+        if all_scores is not None:
+            all_scores += (log_probs,)
+        if raw_logits is not None:
+            raw_logits += (logits.clone(),)
+        if decoder_attentions is not None:
+            decoder_attentions += (outputs.decoder_attentions if is_encoder_decoder else outputs.attentions,)
+            if is_encoder_decoder:
+                cross_attentions += (outputs.cross_attentions,)
+        if decoder_hidden is not None:
+            decoder_hidden += (outputs.decoder_hidden_states if is_encoder_decoder else outputs.hidden_states,)
+        del outputs
+
+        next_tokens, next_scores, next_origins, parent_rows = [], [], [], []
+        chosen: list[torch.Tensor] = []  # this step's last tokens of the groups searched so far
+        all_stopped = True
+        gen_len = cur_len + 1 - prompt_len
+        for g in range(num_groups):
+            beams = slice(g * group_size, (g + 1) * group_size)
+            group_log_probs = step_scores[:, g]
+            if diversity_penalty and chosen:
+                group_log_probs -= diversity_penalty * _hamming_counts(chosen, vocab)[:, None, :]
+
+            # 1-2. propose continuations
+            if constraints:
+                cands = _propose_with_constraints(
+                    group_log_probs, scores[:, beams], tokens[:, beams], num_candidates, prompt_len, cur_len,
+                    constraints,
+                )
+            else:
+                cands = _propose_by_score(group_log_probs, scores[:, beams], num_candidates)
+            cand_tokens = _take(tokens[:, beams], cands.parents)
+            cand_tokens[:, :, cur_len] = cands.tokens
+            cand_origins = _take(origins[:, beams], cands.parents)
+            global_parents = cands.parents + g * group_size + torch.arange(batch, device=device)[:, None] * num_beams
+            cand_origins[:, :, cur_len - prompt_len] = global_parents
+            width = cands.scores.shape[1]
+            ended = stopping_criteria(cand_tokens[:, :, : cur_len + 1].reshape(batch * width, -1), all_scores)
+            ended = ended.view(batch, width) | ~cands.valid
+            all_stopped &= bool(ended.all())
+
+            # 3. candidates that end inside the beam become finished hypotheses (unless the search has settled)
+            in_beam = torch.arange(width, device=device)[None, :] < group_size
+            settled = ~can_improve[:, g : g + 1] | (finished[g].done.all(-1, keepdim=True) & (early_stopping is True))
+            normalised = cands.scores / (gen_len**length_penalty)
+            may_finish = ended & cands.valid & ~settled
+            if constraints:
+                # A hypothesis that meets every constraint competes with the others that do, as in a plain beam:
+                # it may finish when it ranks among the group_size best of them by score.
+                met = cands.valid & cands.satisfied
+                met_scores = cands.scores.masked_fill(~met, float("-inf"))
+                met_rank = torch.argsort(torch.argsort(met_scores, dim=1, descending=True, stable=True), dim=1)
+                finished[g].add(cand_tokens, normalised, cand_origins, may_finish & met & (met_rank < group_size))
+                unmet[g].add(cand_tokens, normalised, cand_origins, may_finish & ~met & in_beam)
+            else:
+                finished[g].add(cand_tokens, normalised, cand_origins, may_finish & in_beam)
+
+            # 4. the first group_size candidates that go on are the next beams (ended ones only fill up a shortage)
+            going_on = cands.valid & ~ended
+            position = torch.arange(width, device=device)[None, :] + (~going_on) * width
+            keep = torch.sort(position, dim=1, stable=True).indices[:, :group_size]
+            next_tokens.append(_take(cand_tokens, keep))
+            next_scores.append(_take(cands.scores + (~going_on).float() * _EMPTY, keep))
+            next_origins.append(_take(cand_origins, keep))
+            parent_rows.append(_take(global_parents, keep))
+            chosen.append(_take(cands.tokens, keep))
+
+        tokens = torch.cat(next_tokens, dim=1)
+        scores = torch.cat(next_scores, dim=1)
+        origins = torch.cat(next_origins, dim=1)
+        _reorder_cache(model, model_kwargs, torch.cat(parent_rows, dim=1).reshape(-1))
+        cur_len += 1
+
+        # Can a running beam still beat the worst finished hypothesis? (bounded at the best reachable length)
+        if early_stopping == "never" and length_penalty > 0.0:
+            best_len = max_length - prompt_len
+        else:
+            best_len = cur_len - prompt_len
+        best_running = scores.view(batch, num_groups, group_size).max(-1).values / (best_len**length_penalty)
+        done = torch.stack([f.done for f in finished], dim=1)  # [B, G, S]
+        worst = torch.stack([f.scores.min(-1).values for f in finished], dim=1)  # [B, G]
+        worst = torch.where(done, worst[:, :, None], _EMPTY)
+        can_improve &= (best_running[:, :, None] > worst).any(-1)
+        all_full = bool(done.all()) and early_stopping is True
+        this_peer_finished = all_stopped or all_full or not bool(can_improve.any())
+
+    sequences, sequence_scores, beam_indices = _best_hypotheses(finished, unmet if constraints else None, num_return)
+    generated = (beam_indices >= 0).sum(-1).max()
+    sequences = sequences[:, : prompt_len + generated]
+    beam_indices = beam_indices[:, :generated]
+    if not want_dict:
+        return sequences
+    cache = model_kwargs.get("past_key_values")
+    common = dict(
+        sequences=sequences,
+        sequences_scores=sequence_scores if want_scores else None,
+        scores=all_scores,
+        logits=raw_logits,
+        beam_indices=beam_indices,
+        past_key_values=cache,
+    )
+    if is_encoder_decoder:
+        encoder_outputs = model_kwargs["encoder_outputs"]
+        return GenerateBeamEncoderDecoderOutput(
+            **common,
+            encoder_attentions=encoder_outputs.get("attentions") if want_attentions else None,
+            encoder_hidden_states=encoder_outputs.get("hidden_states") if want_hidden else None,
+            decoder_attentions=decoder_attentions,
+            cross_attentions=cross_attentions,
+            decoder_hidden_states=decoder_hidden,
+        )
+    return GenerateBeamDecoderOnlyOutput(**common, attentions=decoder_attentions, hidden_states=decoder_hidden)
+
+
+def _reorder_cache(model, model_kwargs: dict, beam_rows: torch.Tensor) -> None:
+    """Make the cache follow the beams: row ``i`` of the next step continues row ``beam_rows[i]``."""
+    cache = model_kwargs.get("past_key_values")
+    if cache is None:
+        return
+    if hasattr(model, "_reorder_cache"):
+        model_kwargs["past_key_values"] = model._reorder_cache(cache, beam_rows)
+    elif hasattr(cache, "reorder_cache"):
+        cache.reorder_cache(beam_rows)
+    else:
+        raise ValueError(f"{type(model).__name__}'s cache cannot be reordered, so beam search cannot use it.")
+
+
+def _best_hypotheses(finished: list[_FinishedHypotheses], unmet: Optional[list[_FinishedHypotheses]], count: int):
+    """The ``count`` best finished hypotheses of each batch item over all groups, flattened to ``[B × count, ...]``.
+
+    With constraints, hypotheses that meet them always come first; the others only fill up a shortage (warned).
+    """
+    pools = finished + (unmet or [])
+    tokens = torch.cat([f.tokens for f in pools], dim=1)
+    scores = torch.cat([f.scores for f in pools], dim=1)
+    origins = torch.cat([f.origins for f in pools], dim=1)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    if unmet is not None:
+        # tier 0: met the constraints, 1: did not, 2: empty slot; best score first within a tier
+        tier = torch.cat(
+            [torch.where(f.done, 0, 2) for f in finished] + [torch.where(f.done, 1, 2) for f in unmet], dim=1
+        )
+        order = _take(order, torch.sort(_take(tier, order), dim=1, stable=True).indices)
+        if bool((_take(tier, order[:, :count]) != 0).any()):
+            warnings.warn(
+                "Constrained beam search could not satisfy every constraint within max_length for some inputs; "
+                "returning the best hypotheses found. Raise max_new_tokens or num_beams.",
+                UserWarning,
+                stacklevel=4,
+            )
+    order = order[:, :count]
+    batch = tokens.shape[0]
+    return (
+        _take(tokens, order).reshape(batch * count, -1),
+        _take(scores, order).reshape(-1),
+        _take(origins, order).reshape(batch * count, -1),
+    )
+
+
+def _check_beam_arguments(generation_config, streamer, mode: str) -> None:
+    if streamer is not None:
+        raise ValueError(f"{mode} cannot stream (streamer=...): all beams are only known at the end.")
+    if generation_config.do_sample:
+        raise ValueError(f"{mode} does not sample: pass do_sample=False.")
+    if generation_config.num_return_sequences > generation_config.num_beams:
+        raise ValueError(
+            f"num_return_sequences ({generation_config.num_return_sequences}) must be <= num_beams "
+            f"({generation_config.num_beams})."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The two custom_generate entry points
+# --------------------------------------------------------------------------------------------------------------
+def diverse_beam_search(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    synced_gpus: bool = False,
+    streamer=None,
+    **model_kwargs,
+):
+    """Diverse (group) beam search with Hamming diversity, usable as ``generate(..., custom_generate=...)``.
+
+    Reads ``num_beams``, ``num_beam_groups`` (must divide ``num_beams``) and ``diversity_penalty`` from the
+    generation config, and honours length_penalty, early_stopping, EOS, max/min length, every logits processor,
+    num_return_sequences and return_dict_in_generate (``sequences_scores`` with ``output_scores=True``, as core).
+    With ``num_beam_groups=1`` it is plain beam search and returns what core beam search returns.
+    """
+    config = generation_config
+    num_groups = config.num_beam_groups or 1
+    penalty = config.diversity_penalty or 0.0
+    _check_beam_arguments(config, streamer, "Diverse beam search")
+    if config.constraints is not None or config.force_words_ids is not None:
+        raise ValueError("Diverse beam search cannot be combined with constraints (force_words_ids / constraints).")
+    if num_groups < 1 or config.num_beams % num_groups != 0:
+        raise ValueError(
+            f"num_beams ({config.num_beams}) must be a multiple of num_beam_groups ({num_groups}); each group "
+            "gets num_beams // num_beam_groups beams."
+        )
+    if penalty < 0:
+        raise ValueError(f"diversity_penalty must be >= 0, got {penalty}.")
+    if num_groups > 1 and penalty == 0:
+        warnings.warn(
+            "num_beam_groups > 1 with diversity_penalty=0.0: every group runs the same search. Set "
+            "diversity_penalty > 0 to make the groups differ.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _run_beam_search(
+        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus, num_groups, penalty, [],
+        model_kwargs,
+    )
+
+
+def constrained_beam_search(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    synced_gpus: bool = False,
+    streamer=None,
+    **model_kwargs,
+):
+    """Constrained beam search (dynamic beam allocation), usable as ``generate(..., custom_generate=...)``.
+
+    The constraints come from the generation config: ``force_words_ids`` (phrases that must appear; an item that is
+    a list of phrases is one disjunctive constraint) and/or ``constraints`` (``PhrasalConstraint`` /
+    ``DisjunctiveConstraint``). Constraints are checked on the generated tokens (not the decoder prompt). Logits
+    processors win over constraints: a token a processor forbids (-inf) is never forced. Without constraints it is
+    plain beam search and returns what core beam search returns.
+    """
+    config = generation_config
+    _check_beam_arguments(config, streamer, "Constrained beam search")
+    if (config.num_beam_groups or 1) > 1:
+        raise ValueError("Constrained beam search cannot be combined with num_beam_groups > 1.")
+    constraints = build_constraints(config.force_words_ids, config.constraints)
+    return _run_beam_search(
+        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus, 1, 0.0, constraints, model_kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routing: transformers-4 arguments reach these functions by themselves
+# --------------------------------------------------------------------------------------------------------------
+def offline_decoding_function(generation_kwargs: dict, *generation_configs):
+    """The callable for the generation arguments if they ask for a mode core transformers 5 left out, else None.
+
+    Values come from ``generation_kwargs`` first, then from each generation config in turn (the first not None),
+    the precedence ``generate`` itself applies.
+    """
+
+    def value(name):
+        if generation_kwargs.get(name) is not None:
+            return generation_kwargs[name]
+        for config in generation_configs:
+            if config is not None and getattr(config, name, None) is not None:
+                return getattr(config, name)
+        return None
+
+    if value("force_words_ids") is not None or value("constraints") is not None:
+        return constrained_beam_search
+    if (value("num_beam_groups") or 1) > 1:
+        return diverse_beam_search
+    return None
+
+
+class ScratchGenerationMixin(GenerationMixin):
+    """``GenerationMixin`` whose ``generate`` also runs diverse and constrained beam search, offline.
+
+    When ``num_beam_groups > 1`` or ``force_words_ids`` / ``constraints`` are given (as arguments, in a
+    ``generation_config`` or in the model's own generation config) and no ``custom_generate`` is, ``generate`` uses
+    ``diverse_beam_search`` / ``constrained_beam_search`` instead of fetching them from the Hub.
+    """
+
+    def generate(self, *args, **kwargs):
+        if kwargs.get("custom_generate") is None and len(args) < 10:  # custom_generate is the 10th positional
+            generation_config = kwargs.get("generation_config", args[1] if len(args) > 1 else None)
+            function = offline_decoding_function(kwargs, generation_config, self.generation_config)
+            if function is not None:
+                kwargs["custom_generate"] = function
+        return super().generate(*args, **kwargs)
+
+
+__all__ = [
+    "Constraint",
+    "PhrasalConstraint",
+    "DisjunctiveConstraint",
+    "build_constraints",
+    "diverse_beam_search",
+    "constrained_beam_search",
+    "offline_decoding_function",
+    "ScratchGenerationMixin",
+]
