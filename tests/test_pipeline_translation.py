@@ -242,3 +242,12 @@ def pipeline_tokenizer(model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_diverse_and_constrained_beam_search_run_through_the_pipeline(model_and_tokenizer, translator):
+    model, tokenizer = model_and_tokenizer
+    diverse = dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=6)
+    assert pipeline_ids(translator, SOURCES[0], **diverse) == generate_ids(model, tokenizer, SOURCES[0], **diverse)
+    forced = tokenizer(" dog", add_special_tokens=False).input_ids
+    ids = pipeline_ids(translator, SOURCES[0], num_beams=3, force_words_ids=[forced], max_new_tokens=8)
+    assert any(ids[i : i + len(forced)] == forced for i in range(len(ids)))
