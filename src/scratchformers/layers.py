@@ -84,6 +84,16 @@ def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.
 #   fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> (output [B,T,H,D], weights)
 # with query/key/value [B, H, T, D].
 # --------------------------------------------------------------------------------------------------------------
+def attend(
+    module: nn.Module, scores: torch.Tensor, mask: Optional[torch.Tensor], value: torch.Tensor, dropout: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every scoring function shares: masked softmax over the scores, dropout, weighted sum of the values."""
+    weights = masked_softmax(scores, mask)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
 def dot_product_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -96,10 +106,7 @@ def dot_product_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, softmax(Q Kᵀ / √d) V, written out (the "eager" implementation)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    weights = masked_softmax(scores, attention_mask)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
+    return attend(module, scores, attention_mask, value, dropout)
 
 
 def additive_attention(
@@ -119,10 +126,7 @@ def additive_attention(
     """
     features = torch.tanh(query.unsqueeze(-2) + key.unsqueeze(-3))  # [B, H, Tq, Tk, D]
     scores = torch.einsum("bhqkd,hd->bhqk", features, module.additive_v.to(features.dtype))
-    weights = masked_softmax(scores, attention_mask)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
+    return attend(module, scores, attention_mask, value, dropout)
 
 
 def resolve_attention_function(attn_implementation: Optional[str], scoring: str) -> Callable:
