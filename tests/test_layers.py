@@ -8,6 +8,7 @@ import torch
 from scratchformers.layers import (
     AddNorm,
     build_attention_mask,
+    cross_entropy,
     masked_softmax,
     resolve_attention_function,
     sinusoidal_table,
@@ -93,3 +94,19 @@ def test_add_norm_post_and_pre_placement():
     assert torch.allclose(pre(x, y), x + y)
     rms = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
     assert torch.allclose(pre.sublayer_input(x), rms, atol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_and_its_gradient_equal_torchs(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[0, 3:] = -100
+    ours = cross_entropy(logits, labels, label_smoothing=smoothing)
+    (ours_grad,) = torch.autograd.grad(3.0 * ours, logits)
+    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), label_smoothing=smoothing)
+    (theirs_grad,) = torch.autograd.grad(3.0 * theirs, logits)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours_grad, theirs_grad)
+    assert torch.all(ours_grad[0, 3:] == 0)  # ignored positions get no gradient
+    assert torch.isnan(cross_entropy(logits, torch.full((2, 5), -100)))  # nothing to average, like torch

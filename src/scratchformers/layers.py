@@ -10,6 +10,7 @@
 | position-wise feed-forward network    | `FeedForward`                                          |
 | add & norm, post-norm vs pre-norm     | `AddNorm`, `make_norm`                                 |
 | stochastic depth (ViT)                | `DropPath`                                             |
+| (label-smoothed) cross-entropy loss   | `cross_entropy` (backward: softmax − target)           |
 
 Masks are boolean everywhere: ``True`` means "may attend". They are turned into scores with the dtype's most
 negative finite value, never a magic constant such as -1e6 that overflows in fp16.
@@ -349,6 +350,57 @@ class AddNorm(nn.Module):
     def forward(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.dropout(sublayer_output))
         return x if self.pre_norm else self.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training loss
+# --------------------------------------------------------------------------------------------------------------
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean label-smoothed cross-entropy of logits ``[N, V]`` against labels ``[N]``, ignoring ``ignore_index``.
+
+    Per kept row, with ``lse = log Σ_v exp(z_v)`` and ``log p_v = z_v − lse``:
+
+        loss = (1 − ε) · (lse − z_y)  +  ε · (lse − mean_v z_v)        (ε = label smoothing)
+        ∂loss/∂z = softmax(z) − target,   target = (1 − ε) · onehot(y) + ε / V
+
+    averaged over the kept rows (ignored rows get zero gradient). It equals
+    ``nn.functional.cross_entropy(..., ignore_index=..., label_smoothing=ε)``, but keeps only the logits and one
+    ``lse`` per row for the backward pass and writes the gradient in one buffer. torch's version also keeps the
+    ``[N, V]`` log-probabilities and builds two more ``[N, V]`` tensors in backward (the one-hot gradient of the
+    NLL and the log-softmax gradient); with a large vocabulary those are the peak of a whole training step.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, smoothing: float) -> torch.Tensor:
+        keep = labels != ignore_index
+        targets = labels.masked_fill(~keep, 0)
+        lse = torch.logsumexp(logits, dim=-1)
+        row_loss = lse - logits.gather(-1, targets[:, None]).squeeze(-1)
+        if smoothing:
+            row_loss = (1.0 - smoothing) * row_loss + smoothing * (lse - logits.mean(dim=-1))
+        count = keep.sum()
+        ctx.save_for_backward(logits, lse, targets, keep, count)
+        ctx.smoothing = smoothing
+        return (row_loss * keep).sum() / count  # NaN when every label is ignored, like torch
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, lse, targets, keep, count = ctx.saved_tensors
+        smoothing = ctx.smoothing
+        grad = torch.sub(logits, lse[:, None]).exp_()  # softmax(z)
+        if smoothing:
+            grad.sub_(smoothing / logits.shape[-1])
+        grad.scatter_add_(-1, targets[:, None], torch.full_like(lse[:, None], smoothing - 1.0))
+        grad.mul_((grad_loss / count * keep).to(grad.dtype)[:, None])
+        return grad, None, None, None
+
+
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Label-smoothed cross-entropy over the last axis of ``logits`` (any leading shape), computed in float32."""
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    return SoftmaxCrossEntropy.apply(logits, labels.to(logits.device).reshape(-1), ignore_index, float(label_smoothing))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .layers import (
     MultiHeadAttention,
     build_attention_mask,
     check_positions,
+    cross_entropy,
     init_weights,
     make_norm,
     make_positional_encoding,
@@ -414,6 +415,20 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.Tensor) -> Cache:
+        """Make the cache follow the beams that beam search keeps: row ``i`` continues row ``beam_idx[i]``.
+
+        Only the self-attention cache is reordered. Beam search picks the next beams of a source among that source's
+        own beams, and their cross-attention keys and values are identical (the encoder output repeated
+        ``num_beams`` times), so reordering them would copy every layer's encoder keys and values onto themselves
+        at every step.
+        """
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
@@ -457,12 +472,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                labels.to(logits.device).reshape(-1),
-                ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
-            )
+            loss = cross_entropy(logits, labels, ignore_index=-100, label_smoothing=self.config.label_smoothing)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
