@@ -259,3 +259,19 @@ def test_trust_remote_code_in_a_process_without_the_package(tmp_path):
     assert [r["label"] for r in remote["pipeline"]] == [r["label"] for r in expected_pipeline]
     for ours, theirs in zip(expected_pipeline, remote["pipeline"]):
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-6)
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_classifier_runs_the_last_layer_for_cls_alone_with_the_same_result(norm_position):
+    model = tiny_vit(attn_implementation="sdpa", norm_position=norm_position)
+    x = pixels(batch=3)
+    with torch.no_grad():
+        full = model.vit(x)
+        short = model.vit(x, pooled_only=True)
+        logits = model(x).logits
+    assert full.last_hidden_state.shape[1] == 17 and short.last_hidden_state.shape[1] == 1
+    torch.testing.assert_close(short.pooler_output, full.pooler_output, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, model.classifier(full.pooler_output), atol=1e-5, rtol=0)
+    mean_pooled = tiny_vit(pooling="mean")
+    with torch.no_grad():
+        assert mean_pooled.vit(x, pooled_only=True).last_hidden_state.shape[1] == 17  # mean pooling reads all tokens

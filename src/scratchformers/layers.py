@@ -202,6 +202,9 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Attend from ``hidden_states`` to itself or to ``key_value_states``; returns (output, weights or None).
 
+        Self-attention may also take ``key_value_states``: queries for a subset of the positions (e.g. ViT's [CLS]
+        alone) attending to the whole sequence.
+
         ``past_key_values`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
         """
         batch, length, _ = hidden_states.shape
@@ -214,7 +217,7 @@ class MultiHeadAttention(nn.Module):
             key = cache.layers[self.layer_idx].keys
             value = cache.layers[self.layer_idx].values
         else:
-            source = key_value_states if self.is_cross_attention else hidden_states
+            source = hidden_states if key_value_states is None else key_value_states
             key = self._split_heads(self.k_proj(source))
             value = self._split_heads(self.v_proj(source))
             if cache is not None:

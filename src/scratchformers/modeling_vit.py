@@ -124,14 +124,19 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         self.ffn = FeedForward(d, config.ffn_dim, config.activation)
         self.ffn_add_norm = add_norm()
 
+    def attend(self, normed: torch.Tensor, cls_only: bool, output_attentions: bool):
+        if cls_only:  # the [CLS] query alone, attending to every token
+            return self.self_attn(normed[:, :1], key_value_states=normed, output_attentions=output_attentions)
+        return self.self_attn(normed, output_attentions=output_attentions)
+
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """New states of all tokens or, with ``cls_only``, of the [CLS] token alone (``[B, 1, d]``): its query still
+        attends to every token, but the attention output, the add & norms and the MLP run on one token."""
         x = hidden_states
-        attn_out, attn_weights = self.self_attn(
-            self.self_attn_add_norm.sublayer_input(x), output_attentions=output_attentions
-        )
-        x = self.self_attn_add_norm(x, attn_out)
+        attn_out, attn_weights = self.attend(self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions)
+        x = self.self_attn_add_norm(x[:, :1] if cls_only else x, attn_out)
         x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
         return x, attn_weights
 
@@ -204,10 +209,16 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         """``last_hidden_state`` (after the final norm), ``pooler_output``; per-layer ``hidden_states`` (embeddings
-        + one per layer, before the final norm, as in Hugging Face's ViT) and ``attentions`` when asked."""
+        + one per layer, before the final norm, as in Hugging Face's ViT) and ``attentions`` when asked.
+
+        ``pooled_only=True`` says that only ``pooler_output`` will be read (a classifier's case). With [CLS] pooling
+        the last layer then computes the [CLS] token alone and ``last_hidden_state`` holds only that token: the
+        same pooled vector for a fraction of the last layer's work. Ignored when hidden states or attentions are
+        returned, and with mean pooling (which reads every token)."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values (images as a [batch, channels, height, width] tensor).")
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
@@ -220,8 +231,9 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         hidden = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         all_hidden = (hidden,) if output_hidden_states else None
         all_attn = () if output_attentions else None
-        for layer in self.layers:
-            hidden, weights = layer(hidden, output_attentions)
+        cls_only = pooled_only and self.config.pooling == "cls" and not (output_hidden_states or output_attentions)
+        for i, layer in enumerate(self.layers):
+            hidden, weights = layer(hidden, output_attentions, cls_only=cls_only and i == len(self.layers) - 1)
             if output_hidden_states:
                 all_hidden += (hidden,)
             if output_attentions:
@@ -293,6 +305,7 @@ class ScratchViTForImageClassification(ScratchViTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            pooled_only=True,
         )
         logits = self.classifier(outputs.pooler_output)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
