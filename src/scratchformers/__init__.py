@@ -1,37 +1,47 @@
 """scratchformers: a from-scratch Transformer and ViT that behave like native Hugging Face models.
 
-Importing the package registers the models with the Auto* classes, so that after ``import scratchformers``
-``AutoConfig`` / ``AutoModel`` / ``AutoModelForSeq2SeqLM`` ``.from_pretrained(dir)`` load our checkpoints.
+Importing the package registers everything with transformers:
+- the models with the Auto* classes, so ``AutoConfig`` / ``AutoModel`` / ``AutoModelForSeq2SeqLM`` /
+  ``AutoModelForImageClassification`` / ``AutoImageProcessor`` ``.from_pretrained(dir)`` load our checkpoints;
+- ``register_for_auto_class``, so every saved checkpoint carries our code and also loads with
+  ``trust_remote_code=True`` where this package is not installed;
+- the ``"translation"`` pipeline that transformers 5 removed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSeq2SeqLM,
+)
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the top-level one needs torchvision
+from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
 
 from .configuration_transformer import ScratchTransformerConfig
+from .configuration_vit import ScratchViTConfig
+from .convert import marian_to_scratch, vit_to_scratch
+from .generation import DisjunctiveConstraint, PhrasalConstraint, constrained_beam_search, diverse_beam_search
+from .image_processing_vit import ScratchViTImageProcessorPil, make_image_processor
 from .modeling_transformer import (
     ScratchTransformerForConditionalGeneration,
     ScratchTransformerModel,
     ScratchTransformerPreTrainedModel,
 )
-
+from .modeling_vit import ScratchViTForImageClassification, ScratchViTModel, ScratchViTPreTrainedModel
+from .pipeline_translation import TranslationPipeline
 from .tokenization import train_tokenizer
+from .visualization import plot_attention, plot_vit_attention
 
+# The encoder-decoder Transformer.
 AutoConfig.register("scratch_transformer", ScratchTransformerConfig, exist_ok=True)
 AutoModel.register(ScratchTransformerConfig, ScratchTransformerModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(ScratchTransformerConfig, ScratchTransformerForConditionalGeneration, exist_ok=True)
-# Saved checkpoints carry our code, so they also load with trust_remote_code=True where this package is absent.
 ScratchTransformerConfig.register_for_auto_class()
 ScratchTransformerModel.register_for_auto_class("AutoModel")
 ScratchTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 # The Vision Transformer, and the Pillow-only image processor every ViT checkpoint is saved with.
-from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
-from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # noqa: E402 (top-level one needs torchvision)
-
-from .configuration_vit import ScratchViTConfig  # noqa: E402
-from .convert_vit import vit_to_scratch  # noqa: E402
-from .image_processing_vit import ScratchViTImageProcessorPil, make_image_processor  # noqa: E402
-from .modeling_vit import ScratchViTForImageClassification, ScratchViTModel, ScratchViTPreTrainedModel  # noqa: E402
-
 AutoConfig.register("scratch_vit", ScratchViTConfig, exist_ok=True)
 AutoModel.register(ScratchViTConfig, ScratchViTModel, exist_ok=True)
 AutoModelForImageClassification.register(ScratchViTConfig, ScratchViTForImageClassification, exist_ok=True)
@@ -44,31 +54,31 @@ ScratchViTModel.register_for_auto_class("AutoModel")
 ScratchViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 ScratchViTImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 
-# The translation pipeline that transformers 5 removed. transformers rejects the removed task name before it looks at
-# the registry, so the name is taken off its removed list. Saved checkpoints declare the pipeline themselves
-# (custom_pipelines), and load it with pipeline("translation", model=dir, trust_remote_code=True).
-from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS  # noqa: E402
-
-from .pipeline_translation import TranslationPipeline  # noqa: E402
-from .visualization import plot_attention, plot_vit_attention  # noqa: E402
-
+# The translation pipeline. transformers 5 rejects the removed task name before it looks at the registry, so the
+# name is taken off its removed list. Saved checkpoints declare the pipeline themselves (custom_pipelines) and load
+# it with pipeline("translation", model=dir, trust_remote_code=True).
 REMOVED_TASKS.pop("translation", None)
 PIPELINE_REGISTRY.register_pipeline("translation", pipeline_class=TranslationPipeline, pt_model=AutoModelForSeq2SeqLM)
 
 __all__ = [
+    "ScratchTransformerConfig",
+    "ScratchTransformerModel",
+    "ScratchTransformerForConditionalGeneration",
+    "ScratchTransformerPreTrainedModel",
     "ScratchViTConfig",
     "ScratchViTModel",
     "ScratchViTForImageClassification",
     "ScratchViTPreTrainedModel",
     "ScratchViTImageProcessorPil",
     "make_image_processor",
-    "vit_to_scratch",
+    "train_tokenizer",
     "TranslationPipeline",
+    "diverse_beam_search",
+    "constrained_beam_search",
+    "PhrasalConstraint",
+    "DisjunctiveConstraint",
+    "marian_to_scratch",
+    "vit_to_scratch",
     "plot_attention",
     "plot_vit_attention",
-    "train_tokenizer",
-    "ScratchTransformerConfig",
-    "ScratchTransformerModel",
-    "ScratchTransformerForConditionalGeneration",
-    "ScratchTransformerPreTrainedModel",
 ]
