@@ -155,3 +155,14 @@ def test_tied_and_untied_output_embeddings_round_trip(tmp_path, padded_batch, ti
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
     assert (loaded.lm_head.weight is loaded.model.shared.weight) == tie
     torch.testing.assert_close(loaded(**padded_batch).logits, model(**padded_batch).logits)
+
+
+def test_torch_compile_traces_the_model_without_graph_breaks(padded_batch):
+    import torch._dynamo
+
+    model = make_model(encoder_layers=1, decoder_layers=1).train()
+    labels = padded_batch["decoder_input_ids"]
+    inputs = {"input_ids": padded_batch["input_ids"], "attention_mask": padded_batch["attention_mask"], "labels": labels}
+    explanation = torch._dynamo.explain(model)(**inputs)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -59,7 +59,9 @@ def build_attention_mask(
                 f"attention_mask covers {attention_mask.shape[-1]} positions but there are {key_length} keys; "
                 "pass a mask for the whole sequence (past + new tokens)."
             )
-        if not bool(attention_mask.all()):
+        # "Is anything masked?" depends on the data (a host sync); under torch.compile the mask is always kept, so
+        # that the graph does not break here.
+        if torch.compiler.is_compiling() or not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]
     if causal and query_length > 1:
         device = attention_mask.device if attention_mask is not None else None
