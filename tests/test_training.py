@@ -173,7 +173,7 @@ def test_translation_run_writes_a_complete_output_directory(tiny_files, tmp_path
     assert test_entry["dataset"]["split"] == "test"
     measured = {m["type"]: m["value"] for m in test_entry["metrics"]}
     assert measured == {"bleu": round(test_results["test_bleu"], 4), "chrf": round(test_results["test_chrf"], 4)}
-    assert "| d_model | 48 |" in body and "| learning rate |" in body and "${" not in card
+    assert "| d_model | 48 |" in body and "| learning rate |" in body and "${" not in card and "&id0" not in card
     assert f'pipeline("translation", model={str(out.resolve())!r}, trust_remote_code=True)' in body
     assert printed.count("source:") == 2 and "BLEU" in printed and "chrF" in printed
 
@@ -184,7 +184,7 @@ def test_translation_run_writes_a_complete_output_directory(tiny_files, tmp_path
 def test_resume_continues_to_the_same_weights(tiny_files, tmp_path):
     no_eval = ["--max_steps", "6", "--save_steps", "3", "--eval_strategy", "no", "--do_eval", "False",
                "--do_predict", "False", "--load_best_model_at_end", "False", "--num_samples", "0",
-               "--save_total_limit", "5"]
+               "--save_total_limit", "5", "--config_overrides", "ffn_dim=96"]
     full = tmp_path / "full"
     run.main(tiny_args(tiny_files, full, tmp_path / "c", *no_eval))
     reference = load_file(full / "model.safetensors")
