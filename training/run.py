@@ -598,18 +598,9 @@ def select_samples(raw, data_args):
 
 
 class ScratchTrainerMixin:
-    """Two things on top of the Trainer:
-
-    * our models return the mean loss and ignore ``num_items_in_batch``: the Trainer must treat it as such (it would
-      otherwise multiply it by the number of processes under DDP, because the models' ``forward`` takes ``**kwargs``);
-    * ``create_model_card`` (also called by ``push_to_hub``) writes our card, rendered from ``hub_card.md``.
-    """
+    """``create_model_card`` (also called by ``push_to_hub``) writes our card, rendered from ``hub_card.md``."""
 
     card_context: Optional[dict] = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.card_context is None or not self.is_world_process_zero():

@@ -150,6 +150,8 @@ class ScratchViTPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrained
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchViTEmbeddings", "ScratchViTLayer"]
     _supports_sdpa = True
+    # forward(**kwargs) would make the Trainer treat the loss as a sum over processes and rescale it under DDP.
+    accepts_loss_kwargs = False
     _supports_flash_attn = False
     _supports_flex_attn = False
     _can_compile_fullgraph = False
