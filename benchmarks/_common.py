@@ -1,0 +1,165 @@
+"""Shared helpers of the benchmarks: alternating timing, peak tensor memory, profiler tables, the machine.
+
+Timing. Both models run in one process, in alternating rounds (ours first in even rounds, Hugging Face's first in
+odd ones), after warm-up. Every round gives one throughput per model and one ratio ours / HF; we report the median
+throughputs and the median of the per-round ratios. Pairing the two models within a round cancels most of the drift
+of a shared, noisy machine.
+
+Memory. On CPU there is no allocator with peak statistics (``torch.cuda.max_memory_allocated`` has no CPU twin),
+and the process RSS is a poor measure: glibc keeps freed blocks, and the peak RSS (``VmHWM``) of one process
+cannot be attributed to one of two alternating models. ``PeakTensorMemory`` counts what the model itself holds:
+the bytes of every live tensor storage (parameters, buffers, gradients, optimizer states, activations saved for
+backward, temporaries) it sees in torch's dispatcher, freed when the storage dies, and records the maximum. That is
+what ``torch.cuda.max_memory_allocated`` reports on a GPU, minus the caching allocator's rounding. Views share one
+storage and are counted once. On GPUs the benchmarks use ``torch.cuda.max_memory_allocated`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def machine(clock: str = "wall") -> str:
+    """A one-line description of where the numbers were taken."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"cpu: {model}, {torch.get_num_threads()} threads, torch {torch.__version__}, {clock} clock, "
+        f"load {load:.1f} on {os.cpu_count()} cores"
+    )
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int, clock: str = "wall") -> float:
+    """Seconds per call of ``fn``. ``clock="cpu"`` counts the process's CPU time (all its threads) instead of wall
+    time: on a machine shared with other jobs it leaves out the time the process waits for a core."""
+    now = CLOCKS[clock]
+    start = now()
+    for _ in range(calls):
+        fn()
+    return (now() - start) / calls
+
+
+def alternate(
+    workloads: dict[str, Callable[[], object]], work_per_call: float, calls: int, rounds: int, clock: str = "wall"
+) -> dict:
+    """Time ``{"ours": fn, "hf": fn}`` in alternating rounds; throughput = ``work_per_call`` / seconds per call.
+
+    Returns the median throughput of each model, the median per-round ratio ours / hf and every round's values.
+    """
+    names = list(workloads)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            per_round[name].append(work_per_call / seconds_per_call(workloads[name], calls, clock))
+    ratios = [o / h for o, h in zip(per_round["ours"], per_round["hf"])]
+    return {
+        "ours": statistics.median(per_round["ours"]),
+        "hf": statistics.median(per_round["hf"]),
+        "ratio": statistics.median(ratios),
+        "rounds": {name: [round(v, 2) for v in values] for name, values in per_round.items()},
+    }
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storages while active (see the module docstring).
+
+    Every tensor an operator reads or writes is registered once, with a weak reference whose callback subtracts
+    its bytes when the storage is freed. Tensors that exist before the block (parameters, optimizer states) are
+    counted from their first use inside it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, weakref.ref] = {}
+
+    def _register(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":
+            return
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. sparse or functional wrappers
+            return
+        key = storage._cdata
+        if key in self._live:
+            return
+        size = storage.nbytes()
+
+        def release(_ref, key=key, size=size):
+            if self._live.pop(key, None) is not None:
+                self.current -= size
+
+        self._live[key] = weakref.ref(storage, release)
+        self.current += size
+        self.peak = max(self.peak, self.current)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for value in tree_leaves((args, kwargs or {})):
+            if isinstance(value, torch.Tensor):
+                self._register(value)
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self._register(value)
+        return out
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes of live tensors during ``fn()`` (CUDA: the allocator's peak)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    with PeakTensorMemory() as tracker:
+        fn()
+    return tracker.peak
+
+
+def profile_table(fn: Callable[[], object], title: str, row_limit: int = 15) -> str:
+    """Where the time of one call of ``fn`` goes (after one call to warm up): a markdown table of the operators with
+    the most self CPU time, grouped by input shapes, with their share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:row_limit]
+    lines = [f"**{title}** (self CPU total {total / 1e3:.0f} ms)", "", "| operator | input shapes | calls | self ms | share |",
+             "|---|---|---:|---:|---:|"]
+    for e in rows:
+        shapes = str([s for s in e.input_shapes if s])[:60]
+        lines.append(f"| {e.key} | {shapes} | {e.count} | {e.self_cpu_time_total / 1e3:.1f} | "
+                     f"{100 * e.self_cpu_time_total / total:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def mib(nbytes: float) -> float:
+    return round(nbytes / 2**20, 2)

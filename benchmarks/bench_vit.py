@@ -1,0 +1,224 @@
+"""Ours against Hugging Face's ViTForImageClassification at identical dimensions: training, inference, memory.
+
+    python benchmarks/bench_vit.py --size small     # 32x32 images, patch 4 (64 patches + [CLS]), d 192, 6 layers
+    python benchmarks/bench_vit.py --size ti        # 224x224 images, patch 16 (196 + [CLS]), ViT-Ti: d 192, 12 layers
+    python benchmarks/bench_vit.py --size ti --compile --bf16 --profile
+
+Both models have the same weights: ours is ``vit_to_scratch`` of the Hugging Face model (same width, depth, heads,
+MLP, activation, qkv bias, labels; sdpa attention). Same seed and batch of random images.
+
+- training images/s: one forward + backward + AdamW step on ``--batch`` images with integer labels;
+- inference images/s: one forward pass (``torch.inference_mode``) on the same batch;
+- peak memory: the largest amount of live tensor memory during one training step (see
+  ``_common.PeakTensorMemory``), and during inference.
+
+The last line of the output is one JSON object; ratios are ours / Hugging Face (memory: lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import alternate, loadavg, machine, mib, peak_memory, profile_table  # noqa: E402
+
+SIZES = {
+    "smoke": dict(image=16, patch=8, d_model=32, layers=1, heads=2, ffn=64, labels=10, batch=2),
+    "small": dict(image=32, patch=4, d_model=192, layers=6, heads=3, ffn=768, labels=10, batch=64),
+    "ti": dict(image=224, patch=16, d_model=192, layers=12, heads=3, ffn=768, labels=1000, batch=16),
+}
+
+
+def build_models(size: str, seed: int):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from scratchformers.convert_vit import vit_to_scratch
+
+    dims = SIZES[size]
+    config = ViTConfig(
+        image_size=dims["image"], patch_size=dims["patch"], num_channels=3, hidden_size=dims["d_model"],
+        num_hidden_layers=dims["layers"], num_attention_heads=dims["heads"], intermediate_size=dims["ffn"],
+        num_labels=dims["labels"], hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        qkv_bias=True,
+    )
+    torch.manual_seed(seed)
+    hf = ViTForImageClassification._from_config(config, attn_implementation="sdpa")
+    ours = vit_to_scratch(hf, attn_implementation="sdpa")
+    return ours, hf
+
+
+def train_step_fn(model, pixels, labels, autocast_dtype=None, compiled=None):
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = model if compiled is None else compiled
+
+    def step():
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = forward(pixel_values=pixels, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def inference_fn(model, pixels, autocast_dtype=None, compiled=None):
+    model.eval()
+    forward = model if compiled is None else compiled
+
+    @torch.inference_mode()
+    def run():
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return forward(pixel_values=pixels).logits
+
+    return run
+
+
+def compile_report(model, pixels, labels, args) -> dict:
+    """Graph breaks of our ViT (torch._dynamo.explain) and the speed-up of torch.compile, training and inference."""
+    import torch._dynamo
+
+    report = {}
+    model.train()
+    explanation = torch._dynamo.explain(model)(pixel_values=pixels, labels=labels)
+    report["train_graph_breaks"] = explanation.graph_break_count
+    report["train_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    model.eval()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(model)(pixel_values=pixels)
+    report["forward_graph_breaks"] = explanation.graph_break_count
+    report["forward_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    torch._dynamo.reset()
+
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model)
+    start = time.perf_counter()
+    compiled_step = train_step_fn(compiled_model, pixels, labels, compiled=compiled)
+    for _ in range(2):
+        compiled_step()
+    report["train_compile_seconds"] = round(time.perf_counter() - start, 1)
+    eager_step = train_step_fn(model, pixels, labels)
+    eager_step()
+    n = pixels.shape[0]
+    report["train_speedup"] = round(
+        alternate({"ours": compiled_step, "hf": eager_step}, n, args.train_steps, args.rounds, args.clock)["ratio"], 3
+    )
+    start = time.perf_counter()
+    compiled_run = inference_fn(compiled_model, pixels, compiled=compiled)
+    compiled_run()
+    compiled_run()
+    report["forward_compile_seconds"] = round(time.perf_counter() - start, 1)
+    eager_run = inference_fn(model, pixels)
+    report["forward_speedup"] = round(
+        alternate({"ours": compiled_run, "hf": eager_run}, n, args.infer_calls, args.rounds, args.clock)["ratio"], 3
+    )
+    torch._dynamo.reset()
+    return report
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=list(SIZES), default="small")
+    parser.add_argument("--batch", type=int, default=0, help="images per batch (0: the size's default)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (median taken)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=1, help="training steps per round and model")
+    parser.add_argument("--infer-calls", type=int, default=2, help="forward calls per round and model")
+    parser.add_argument("--bf16", action="store_true", help="also: bf16 autocast vs fp32 (training, inference)")
+    parser.add_argument("--compile", action="store_true", help="also: torch.compile graph breaks and speed-up")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.rounds, args.warmup, args.infer_calls = "smoke", 1, 1, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dims = SIZES[args.size]
+    batch = args.batch or dims["batch"]
+
+    ours, hf = build_models(args.size, args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixels = torch.randn(batch, 3, dims["image"], dims["image"], generator=generator)
+    labels = torch.randint(0, dims["labels"], (batch,), generator=generator)
+    load_before = loadavg()
+    report: dict = {"size": args.size, "batch": batch, "image_size": dims["image"], "patch_size": dims["patch"],
+                    "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in (("ours", ours), ("hf", hf))}}
+    with torch.inference_mode():
+        report["logits_max_abs_diff"] = float((ours(pixels).logits - hf(pixels).logits).abs().max())
+
+    models = {"ours": copy.deepcopy(ours), "hf": copy.deepcopy(hf)}
+    steps = {name: train_step_fn(m, pixels, labels) for name, m in models.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    train = alternate(steps, batch, args.train_steps, args.rounds, args.clock)
+    report["train_images_per_s"] = {k: round(train[k], 2) for k in ("ours", "hf")}
+    report["train_rounds"] = train["rounds"]
+    report["train_ratio"] = round(train["ratio"], 3)
+    memory = {name: peak_memory(step) for name, step in steps.items()}
+    report["train_peak_mib"] = {name: mib(v) for name, v in memory.items()}
+    report["memory_ratio"] = round(memory["ours"] / memory["hf"], 3)
+    if args.profile:
+        for name, step in steps.items():
+            print(profile_table(step, f"training step, {name}, {args.size}"))
+    del models, steps
+
+    runs = {"ours": inference_fn(ours, pixels), "hf": inference_fn(hf, pixels)}
+    for run in runs.values():
+        for _ in range(args.warmup):
+            run()
+    infer = alternate(runs, batch, args.infer_calls, args.rounds, args.clock)
+    report["inference_images_per_s"] = {k: round(infer[k], 2) for k in ("ours", "hf")}
+    report["inference_rounds"] = infer["rounds"]
+    report["inference_ratio"] = round(infer["ratio"], 3)
+    inference_memory = {name: peak_memory(run) for name, run in runs.items()}
+    report["inference_peak_mib"] = {name: mib(v) for name, v in inference_memory.items()}
+    report["inference_memory_ratio"] = round(inference_memory["ours"] / inference_memory["hf"], 3)
+    if args.profile:
+        for name, run in runs.items():
+            print(profile_table(run, f"inference, {name}, {args.size}"))
+
+    if args.bf16:
+        # bf16 autocast against fp32, for each model: ratio = bf16 throughput / fp32 throughput.
+        bf16 = {}
+        for name, model in (("ours", ours), ("hf", hf)):
+            steps = {"ours": train_step_fn(copy.deepcopy(model), pixels, labels, torch.bfloat16),
+                     "hf": train_step_fn(copy.deepcopy(model), pixels, labels)}
+            for step in steps.values():
+                step()
+            bf16[f"{name}_train_bf16_over_fp32"] = round(
+                alternate(steps, batch, args.train_steps, args.rounds, args.clock)["ratio"], 3)
+            runs = {"ours": inference_fn(model, pixels, torch.bfloat16), "hf": inference_fn(model, pixels)}
+            for run in runs.values():
+                run()
+            bf16[f"{name}_inference_bf16_over_fp32"] = round(
+                alternate(runs, batch, args.infer_calls, args.rounds, args.clock)["ratio"], 3)
+        with torch.inference_mode():
+            fp32_logits = ours(pixels).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16_logits = ours(pixels).logits.float()
+        bf16["ours_bf16_vs_fp32_logits_max_abs_diff"] = round(float((bf16_logits - fp32_logits).abs().max()), 4)
+        report["bf16"] = bf16
+    if args.compile:
+        report["compile"] = compile_report(copy.deepcopy(ours), pixels, labels, args)
+
+    report["load_avg"] = [load_before, loadavg()]
+    report["device"] = machine(args.clock)
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

