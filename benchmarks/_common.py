@@ -11,7 +11,7 @@ cannot be attributed to one of two alternating models. ``PeakTensorMemory`` coun
 the bytes of every live tensor storage (parameters, buffers, gradients, optimizer states, activations saved for
 backward, temporaries) it sees in torch's dispatcher, freed when the storage dies, and records the maximum. That is
 what ``torch.cuda.max_memory_allocated`` reports on a GPU, minus the caching allocator's rounding. Views share one
-storage and are counted once. On GPUs the benchmarks use ``torch.cuda.max_memory_allocated`` directly.
+storage and are counted once. (The benchmarks run the models on the CPU; this project had no GPU to run them on.)
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from torch.utils._pytree import tree_leaves
 
 
 def machine(clock: str = "wall") -> str:
-    """A one-line description of where the numbers were taken."""
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    """A one-line description of where the numbers were taken (the models run on the CPU)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -129,13 +127,7 @@ class PeakTensorMemory(TorchDispatchMode):
 
 
 def peak_memory(fn: Callable[[], object]) -> int:
-    """Peak bytes of live tensors during ``fn()`` (CUDA: the allocator's peak)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
+    """Peak bytes of live tensors during ``fn()`` (``PeakTensorMemory``; counts tensors on any device)."""
     with PeakTensorMemory() as tracker:
         fn()
     return tracker.peak
@@ -152,7 +144,10 @@ def profile_table(fn: Callable[[], object], title: str, row_limit: int = 15) -> 
     events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:row_limit]
-    lines = [f"**{title}** (self CPU total {total / 1e3:.0f} ms)", "", "| operator | input shapes | calls | self ms | share |",
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    lines = [f"**{title}** (self CPU total {total / 1e3:.0f} ms; matrix products {100 * gemm / total:.1f} %, "
+             f"sdpa kernels {100 * attention / total:.1f} %)", "", "| operator | input shapes | calls | self ms | share |",
              "|---|---|---:|---:|---:|"]
     for e in rows:
         shapes = str([s for s in e.input_shapes if s])[:60]

@@ -119,7 +119,7 @@ def train(model, data, args) -> dict:
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98), eps=1e-9)
-    start, losses = time.perf_counter(), []
+    start, cpu_start, losses = time.perf_counter(), time.process_time(), []
     for step, batch in enumerate(data):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
@@ -134,7 +134,8 @@ def train(model, data, args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     tail = losses[-max(1, len(losses) // 10):]
-    return {"final_loss": round(sum(tail) / len(tail), 4), "seconds": round(time.perf_counter() - start, 1)}
+    return {"final_loss": round(sum(tail) / len(tail), 4), "seconds": round(time.perf_counter() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1)}
 
 
 @torch.inference_mode()
