@@ -6,6 +6,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 import scratchformers as sf
@@ -114,3 +115,16 @@ def no_warnings():
         logger.removeHandler(handler)
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
     assert not messages, messages
+
+
+# Fixtures shared by test_generation.py and test_generation_beams.py (imported there by name).
+@pytest.fixture(scope="module")
+def model() -> sf.ScratchTransformerForConditionalGeneration:
+    """Half-trained reverser (vocabulary 16): varied outputs of varied lengths, often repeating tokens, uncertain
+    enough that beams, sampling, groups and constraints have choices to make."""
+    return train_reverser(make_model(seed=0, init_std=0.1), steps=60)
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, torch.Tensor]:
+    return make_sources(batch=4, length=7)

@@ -21,21 +21,12 @@ from _generation_utils import (
     log_prob_sums,
     make_model,
     make_sources,
+    model,
+    sources,
     train_reverser,
 )
 
 MAX_NEW = 10
-
-
-@pytest.fixture(scope="module")
-def model():
-    """Half-trained reverser (vocabulary 16): varied outputs of varied lengths, often repeating tokens."""
-    return train_reverser(make_model(seed=0, init_std=0.1), steps=60)
-
-
-@pytest.fixture(scope="module")
-def sources():
-    return make_sources(batch=4, length=7)
 
 
 @pytest.fixture(scope="module")

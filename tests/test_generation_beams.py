@@ -17,10 +17,9 @@ from _generation_utils import (
     contains,
     generated_tokens,
     log_prob_sums,
-    make_model,
-    make_sources,
+    model,
     no_warnings,
-    train_reverser,
+    sources,
 )
 from scratchformers.generation import (
     DisjunctiveConstraint,
@@ -30,17 +29,6 @@ from scratchformers.generation import (
 )
 
 MAX_NEW = 10
-
-
-@pytest.fixture(scope="module")
-def model():
-    """Half-trained reverser: uncertain enough that the beams, groups and constraints have choices to make."""
-    return train_reverser(make_model(seed=0, init_std=0.1), steps=60)
-
-
-@pytest.fixture(scope="module")
-def sources():
-    return make_sources(batch=4, length=7)
 
 
 def beams(model, sources, **kwargs):
