@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 import scratchformers as sf
+from translation_fixtures import run_python
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,11 +45,6 @@ def padded_batch() -> dict[str, torch.Tensor]:
 
 def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that cannot import scratchformers (as on a machine without it)."""
-    prelude = "import sys\nsys.modules['scratchformers'] = None\n"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-P", "-c", prelude + textwrap.dedent(code)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_python(code, tmp_path, without_package=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
