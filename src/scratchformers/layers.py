@@ -150,6 +150,19 @@ def resolve_attention_function(attn_implementation: Optional[str], scoring: str)
     return ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, dot_product_attention)
 
 
+def fold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[B·k, H, T, X] -> [B, H, k·T, X]``: each group of ``k = rows`` consecutive rows becomes one row whose
+    positions are those of its members, one after the other."""
+    batch_rows, heads, length, dim = x.shape
+    return x.view(batch_rows // rows, rows, heads, length, dim).transpose(1, 2).reshape(-1, heads, rows * length, dim)
+
+
+def unfold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """The inverse of ``fold_rows``: ``[B, H, k·T, X] -> [B·k, H, T, X]``."""
+    batch, heads, length, dim = x.shape
+    return x.view(batch, heads, rows, length // rows, dim).transpose(1, 2).reshape(-1, heads, length // rows, dim)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: project to h heads, score each head, concatenate, project with W_o.
 
@@ -227,6 +240,13 @@ class MultiHeadAttention(nn.Module):
                 if self.is_cross_attention:
                     past_key_values.is_updated[self.layer_idx] = True
 
+        # Several query rows may share one row of keys and values: the beams of one source share its encoder
+        # output (see ScratchTransformerForConditionalGeneration._expand_inputs_for_generation). They become extra
+        # query positions of that row: [B·k, H, T, D] -> [B, H, k·T, D], one copy of K and V instead of k.
+        rows_per_key = batch // key.shape[0]
+        if rows_per_key > 1:
+            query = fold_rows(query, rows_per_key)
+
         implementation = self.config._attn_implementation
         if output_attentions and implementation != "eager" and self.scoring == "scaled_dot":
             implementation = "eager"  # fused kernels do not return the weights
@@ -240,7 +260,10 @@ class MultiHeadAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
         )
+        # output is [B, k·T, H, D], i.e. already [B·k, T, H, D] in memory.
         output = self.out_proj(output.reshape(batch, length, self.embed_dim))
+        if rows_per_key > 1 and output_attentions:
+            weights = unfold_rows(weights, rows_per_key)
         return output, (weights if output_attentions else None)
 
 

@@ -46,6 +46,24 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
+def check_rows_per_source(
+    decoder_rows: int, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor]
+) -> None:
+    """The decoder batch must be the encoder batch or a multiple ``k`` of it: rows ``b·k ... b·k + k - 1`` then
+    translate source ``b`` (beam search and ``num_return_sequences`` keep one copy of each source's encoder output)."""
+    sources = encoder_hidden_states.shape[0]
+    if decoder_rows % sources:
+        raise ValueError(
+            f"The decoder has {decoder_rows} rows but the encoder output has {sources}; pass one decoder row per "
+            "source, or k consecutive rows per source (a multiple of the encoder batch)."
+        )
+    if encoder_attention_mask is not None and encoder_attention_mask.shape[0] != sources:
+        raise ValueError(
+            f"The encoder attention mask has {encoder_attention_mask.shape[0]} rows but the encoder output has "
+            f"{sources}; pass the attention mask the encoder was run with."
+        )
+
+
 class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
     """Self-attention sublayer and feed-forward sublayer, each wrapped in add & norm."""
 
@@ -279,6 +297,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True, past_length=past_length)
         if attention_mask is None and past_length == 0 and self.config._attn_implementation == "sdpa" and not output_attentions:
             self_mask = None  # plain causal mask: the fused kernel applies it itself (module.is_causal), faster
+        check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask)
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
 
         all_hidden = (hidden,) if output_hidden_states else None
@@ -432,6 +451,24 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         else:
             past_key_values.reorder_cache(beam_idx)
         return past_key_values
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,
+        **model_kwargs,
+    ) -> tuple[Optional[torch.Tensor], dict]:
+        """Give each source ``expand_size`` decoder rows (beams, or ``num_return_sequences`` samples) that share one
+        copy of its encoder output.
+
+        transformers repeats the encoder's last hidden state and mask ``expand_size`` times; our cross-attention
+        serves ``k`` consecutive decoder rows from one encoder row (``layers.fold_rows``). That saves the repeat,
+        ``k - 1`` of every ``k`` cross-attention key/value projections and cache entries, and reading them at every
+        step. (transformers does not repeat the returned encoder hidden states or attentions either.)
+        """
+        if not is_encoder_decoder:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **shared}
 
     def forward(
         self,
