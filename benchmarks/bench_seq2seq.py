@@ -13,7 +13,9 @@ random sources of ``--src-len`` tokens -> ``--tgt-len`` target tokens (``--padde
 - generation new-tokens/s: ``batch × new_tokens`` per ``generate`` call (encoder included), greedy and beam-4,
   ``min_new_tokens == max_new_tokens`` so both models emit the same number of tokens;
 - peak memory: the largest amount of live tensor memory during one training step (parameters, gradients, AdamW
-  states, saved activations, temporaries; see ``_common.PeakTensorMemory``).
+  states, saved activations, temporaries; see ``_common.PeakTensorMemory``);
+- forward share: the part of a ``generate`` call's CPU time spent inside the model; the rest is transformers'
+  generation loop, the same code for both models.
 
 The last line of the output is one JSON object; ratios are ours / Hugging Face (memory: lower is better).
 """
@@ -126,6 +128,31 @@ def measure_training(models, batch, args, autocast_dtype=None):
     return result, memory, steps
 
 
+def forward_share(model, run) -> float:
+    """Share of one ``generate`` call's CPU time spent inside the model (encoder + every decoding step's forward);
+    the rest is transformers' generation loop (logits processors, search bookkeeping, cache reordering)."""
+    inside, depth, started = [0.0], [0], [0.0]
+
+    def enter(*_):
+        if depth[0] == 0:
+            started[0] = time.process_time()
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+        if depth[0] == 0:
+            inside[0] += time.process_time() - started[0]
+
+    modules = (model, model.get_encoder())
+    hooks = [h for m in modules for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    start = time.process_time()
+    run()
+    total = time.process_time() - start
+    for hook in hooks:
+        hook.remove()
+    return round(inside[0] / total, 3)
+
+
 def measure_generation(models, batch, args, num_beams, autocast_dtype=None):
     runs = {name: generate_fn(m, batch, args.new_tokens, num_beams, autocast_dtype) for name, m in models.items()}
     outputs = {name: run() for name, run in runs.items()}  # warm-up
@@ -133,6 +160,7 @@ def measure_generation(models, batch, args, num_beams, autocast_dtype=None):
     result = alternate(runs, new_tokens, args.gen_calls, args.rounds, args.clock)
     result["outputs_match"] = bool(torch.equal(outputs["ours"], outputs["hf"]))
     result["memory"] = {name: mib(peak_memory(run)) for name, run in runs.items()}
+    result["forward_share"] = {name: forward_share(models[name], run) for name, run in runs.items()}
     return result
 
 
@@ -246,6 +274,7 @@ def main(argv=None) -> dict:
         report[f"{part}_ratio"] = round(gen["ratio"], 3)
         report[f"{part}_outputs_match"] = gen["outputs_match"]
         report[f"{part}_peak_mib"] = gen["memory"]
+        report[f"{part}_forward_share"] = gen["forward_share"]
         if args.profile:
             for name, model in (("ours", ours), ("hf", hf)):
                 run = generate_fn(model, batch, args.new_tokens, beams)
