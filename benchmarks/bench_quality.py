@@ -10,10 +10,9 @@ Recipe, identical for both models:
   shared by both models; sources and targets truncated to ``--max-len`` tokens;
 - architecture: post-norm encoder-decoder (Marian's only layout), sinusoidal positions, embeddings × √d_model,
   ``--d-model``/``--layers``/``--heads``/``--ffn``, activation ``--activation``, dropout 0.1, tied embeddings;
-  both decoders start from ``<s>``. ``--init native`` (default): each model with its own default initialisation,
-  from the same seed (ours: normal with std d_model^-0.5, ScratchTransformerConfig's default; Marian: std 0.02,
-  MarianConfig's default); ``--init port``: ours starts from exactly Marian's initial weights (``marian_to_scratch``,
-  positions frozen as in Marian);
+  both decoders start from ``<s>``. ``--init native`` (default): each model initialised its own way from the same
+  seed; ``--init port``: ours starts from exactly Marian's initial weights (``marian_to_scratch``, positions frozen
+  as in Marian);
 - training: the same batches in the same order (seeded shuffle), ``--steps`` steps of ``--batch`` pairs, AdamW
   (β = 0.9, 0.98, weight decay 0.01), linear warm-up then inverse square-root decay of ``--lr``, label-smoothed
   (0.1) cross-entropy computed by the same function on both models' logits, gradient clipping at 1.0, same seed;
@@ -81,7 +80,7 @@ def build_models(args, tokenizer):
             activation_function={"swish": "silu"}.get(args.activation, args.activation), dropout=0.1,
             attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=args.max_len + 2,
             position_embedding="sinusoidal", scale_embedding=True, norm_type="layernorm", norm_position="post",
-            tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, **ids,
+            tie_word_embeddings=True, init_std=0.02, bos_token_id=tokenizer.bos_token_id, **ids,
         )
         torch.manual_seed(args.seed)
         ours = ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
