@@ -275,3 +275,112 @@ def test_classifier_runs_the_last_layer_for_cls_alone_with_the_same_result(norm_
     mean_pooled = tiny_vit(pooling="mean")
     with torch.no_grad():
         assert mean_pooled.vit(x, pooled_only=True).last_hidden_state.shape[1] == 17  # mean pooling reads all tokens
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The layer's exact rewrites (add_linear, key bias, value bias) against the textbook composition of its blocks
+# --------------------------------------------------------------------------------------------------------------
+def randomized_biases(model):
+    """The init sets biases and norm shifts to 0; randomise them so that the bias rewrites are actually tested."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    return model
+
+
+def textbook_layer(layer, x):
+    """``add_norm(x, self_attn(x))`` then ``add_norm(x, ffn(x))``: the layer as the blocks of layers.py compute it."""
+    x = layer.self_attn_add_norm(x, layer.self_attn(layer.self_attn_add_norm.sublayer_input(x))[0])
+    return layer.ffn_add_norm(x, layer.ffn(layer.ffn_add_norm.sublayer_input(x)))
+
+
+def test_add_linear_is_residual_plus_linear_with_the_same_gradients():
+    from scratchformers.modeling_vit import add_linear
+
+    generator = torch.Generator().manual_seed(0)
+    residual, inputs = torch.randn(2, 5, 6, generator=generator), torch.randn(2, 5, 4, generator=generator)
+    weight, bias = torch.randn(6, 4, generator=generator), torch.randn(6, generator=generator)
+    leaves = [t.requires_grad_() for t in (residual, inputs, weight, bias)]
+    out = add_linear(residual, inputs, weight, bias)
+    expected = residual + nn.functional.linear(inputs, weight, bias)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn(2, 5, 6, generator=generator)
+    ours = torch.autograd.grad(out, leaves, upstream)
+    theirs = torch.autograd.grad(expected, leaves, upstream)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    first = (residual[:, :1], inputs[:, :1])  # a strided slice, as the [CLS]-only layer passes; no bias
+    torch.testing.assert_close(add_linear(*first, weight, None), first[0] + first[1] @ weight.T)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", [{}, {"qkv_bias": False}, {"norm_position": "post"}])
+def test_layer_equals_its_blocks_composed_in_inference_and_training(attn_implementation, variant):
+    """The key bias (left out without gradients), the value bias (moved into the output bias) and the residual adds
+    (accumulated by the last linear layers) are rewrites of the same function: same outputs, same gradients."""
+    model = randomized_biases(tiny_vit(attn_implementation=attn_implementation, **variant))
+    layer = model.vit.layers[0]
+    x = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[0], textbook_layer(layer, x), atol=1e-5, rtol=0)
+        cls_state = layer(x, cls_only=True)[0]
+        torch.testing.assert_close(cls_state, textbook_layer(layer, x)[:, :1], atol=1e-5, rtol=0)
+    layer.train()
+    params = [p for p in layer.parameters()]
+    upstream = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(2))
+    ours = torch.autograd.grad(layer(x)[0], params, upstream)
+    theirs = torch.autograd.grad(textbook_layer(layer, x), params, upstream)
+    for (name, _), a, b in zip(layer.named_parameters(), ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)  # the key bias: both ~0
+
+
+def test_layer_with_active_dropout_and_stochastic_depth_draws_the_same_masks():
+    """With attention dropout the weights no longer sum to 1 (the value bias stays in the values), and with
+    sublayer dropout or drop path something sits between the last linear layer and the residual add: the layer
+    then computes exactly the blocks' composition, random masks included."""
+    model = randomized_biases(tiny_vit(num_layers=2, attention_dropout=0.2, dropout=0.1, drop_path_rate=0.5)).train()
+    layer = model.vit.layers[1]
+    x = torch.randn(4, 17, 32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    ours = layer(x)[0]
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, textbook_layer(layer, x))
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_weights_are_those_of_the_textbook_attention(attn_implementation):
+    model = randomized_biases(tiny_vit(attn_implementation=attn_implementation))
+    attention = model.vit.layers[0].self_attn
+    x = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, _, weights = attention.heads(x, output_attentions=True)
+        _, expected = attention(x, output_attentions=True)
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=0)
+
+
+def test_training_gradients_match_hugging_face():
+    """A ported Hugging Face ViT (random biases) in training mode: same loss and the same gradient for every weight."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from scratchformers.convert_vit import _vit_key_map
+
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=96, num_labels=5,
+    )
+    torch.manual_seed(0)
+    hf = randomized_biases(ViTForImageClassification._from_config(config, attn_implementation="sdpa"))
+    ours = sf.vit_to_scratch(hf).train()
+    hf.train()
+    labels = torch.tensor([0, 3, 1])
+    hf_loss = hf(pixels(batch=3), labels=labels).loss
+    our_loss = ours(pixels(batch=3), labels=labels).loss
+    torch.testing.assert_close(our_loss, hf_loss, atol=1e-6, rtol=0)
+    hf_loss.backward()
+    our_loss.backward()
+    theirs = dict(hf.named_parameters())
+    for name, parameter in ours.named_parameters():
+        expected = theirs[_vit_key_map(ours.config)[name]].grad
+        # the key bias has a zero gradient (softmax ignores it); both sides hold rounding noise (~1e-11)
+        torch.testing.assert_close(parameter.grad, expected, atol=1e-6, rtol=1e-4, msg=name)

@@ -4,9 +4,11 @@ image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (Pat
 [CLS] token -> add learned position embeddings -> N pre-norm encoder layers (multi-head self-attention and MLP,
 each in add & norm, with stochastic depth) -> final norm -> pool ([CLS] or mean of the patches) -> linear classifier.
 
-The encoder layer is built from the same blocks as the seq2seq Transformer (``layers.py``). Module names follow
-Hugging Face's ViT (``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight port in
-``convert_vit.py`` is a renaming.
+The encoder layer is built from the same blocks as the seq2seq Transformer (``layers.py``); its forward pass writes
+them out with three exact rewrites that save passes over the activations (the key bias, which softmax ignores; the
+value bias, moved into the output bias; each sublayer's last linear layer accumulated into the residual). Module
+names follow Hugging Face's ViT (``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight
+port in ``convert_vit.py`` is a renaming.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
-from .layers import AddNorm, FeedForward, MultiHeadAttention, init_weights, make_norm
+from .layers import (
+    AddNorm,
+    DropPath,
+    FeedForward,
+    MultiHeadAttention,
+    init_weights,
+    make_norm,
+    resolve_attention_function,
+)
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 
 
@@ -106,6 +116,58 @@ class ScratchViTEmbeddings(nn.Module):
         return self.dropout(tokens)
 
 
+def add_linear(
+    residual: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``residual + inputs @ weightᵀ + bias``: a linear layer and its residual add as one matrix product.
+
+    ``residual + linear(inputs)`` writes the bias into a fresh output, accumulates the product on top, then reads
+    that output and the residual again for the add. Here the bias rides along with the residual (one pass) and the
+    product is accumulated into that sum in place (``addmm_``). Same value, same gradients.
+    """
+    dim = residual.shape[-1]
+    out = residual.reshape(-1, dim) + bias if bias is not None else residual.reshape(-1, dim).clone()
+    out.addmm_(inputs.reshape(-1, inputs.shape[-1]), weight.t())
+    return out.view(residual.shape)
+
+
+class ScratchViTSelfAttention(MultiHeadAttention):
+    """``layers.MultiHeadAttention`` (same parameters) with ``heads``: the attention before the output projection,
+    so that the layer can fold that projection into its residual add (``add_linear``), and without two bias terms
+    that cannot change the result:
+
+    - the key bias adds ``q · b_k`` to every score of a query's row, and softmax ignores a constant shift of a row.
+      It is left out when no gradients are computed (in training ``b_k`` keeps its gradient, which is zero);
+    - the value bias: each row of attention weights sums to 1, so ``Σ_j p_ij (v_j + b_v) = Σ_j p_ij v_j + b_v``,
+      and ``b_v`` reaches the output as ``W_o b_v``: it is added to the output bias instead of to every value (not
+      under active attention dropout, whose weights no longer sum to 1).
+    """
+
+    def heads(
+        self, hidden_states: torch.Tensor, cls_only: bool = False, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(concatenated heads ``[B, Tq, d]``, the output projection's effective bias, weights or None) of every
+        token or, with ``cls_only``, of the [CLS] query alone attending to every token."""
+        queries = hidden_states[:, :1] if cls_only else hidden_states
+        query = self._split_heads(self.q_proj(queries))
+        key_bias = self.k_proj.bias if torch.is_grad_enabled() else None
+        key = self._split_heads(nn.functional.linear(hidden_states, self.k_proj.weight, key_bias))
+        value_bias, out_bias = self.v_proj.bias, self.out_proj.bias
+        if value_bias is not None and out_bias is not None and not (self.training and self.dropout > 0):
+            value_bias, out_bias = None, torch.addmv(out_bias, self.out_proj.weight, value_bias)
+        value = self._split_heads(nn.functional.linear(hidden_states, self.v_proj.weight, value_bias))
+
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            implementation = "eager"  # fused kernels do not return the weights
+        attention = resolve_attention_function(implementation, self.scoring)
+        output, weights = attention(
+            self, query, key, value, None, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
+        )
+        output = output.reshape(queries.shape[0], queries.shape[1], self.embed_dim)
+        return output, out_bias, (weights if output_attentions else None)
+
+
 class ScratchViTLayer(GradientCheckpointingLayer):
     """Self-attention sublayer and MLP sublayer, each wrapped in add & norm (pre-norm by default) + stochastic depth."""
 
@@ -116,7 +178,7 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         def add_norm() -> AddNorm:
             return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps, drop_path)
 
-        self.self_attn = MultiHeadAttention(
+        self.self_attn = ScratchViTSelfAttention(
             config, d, config.num_heads, config.attention_dropout, bias=config.qkv_bias,
             is_causal=False, layer_idx=layer_idx, out_bias=True,
         )
@@ -124,20 +186,34 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         self.ffn = FeedForward(d, config.ffn_dim, config.activation)
         self.ffn_add_norm = add_norm()
 
-    def attend(self, normed: torch.Tensor, cls_only: bool, output_attentions: bool):
-        if cls_only:  # the [CLS] query alone, attending to every token
-            return self.self_attn(normed[:, :1], key_value_states=normed, output_attentions=output_attentions)
-        return self.self_attn(normed, output_attentions=output_attentions)
+    @staticmethod
+    def add_and_norm(
+        add_norm: AddNorm, x: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``add_norm(x, inputs @ weightᵀ + bias)``: the sublayer's last linear layer and the residual add in one
+        product (``add_linear``) when nothing acts between them (no active dropout or stochastic depth)."""
+        if add_norm.training and (add_norm.dropout.p > 0 or isinstance(add_norm.drop_path, DropPath)):
+            return add_norm(x, nn.functional.linear(inputs, weight, bias))
+        x = add_linear(x, inputs, weight, bias)
+        return x if add_norm.pre_norm else add_norm.norm(x)
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """New states of all tokens or, with ``cls_only``, of the [CLS] token alone (``[B, 1, d]``): its query still
-        attends to every token, but the attention output, the add & norms and the MLP run on one token."""
+        attends to every token, but the attention output, the add & norms and the MLP run on one token.
+
+        The same computation as ``add_norm(x, self_attn(...))`` then ``add_norm(x, ffn(...))``, written out to
+        let each sublayer's last linear layer accumulate into the residual (see ``add_and_norm``)."""
         x = hidden_states
-        attn_out, attn_weights = self.attend(self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions)
-        x = self.self_attn_add_norm(x[:, :1] if cls_only else x, attn_out)
-        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
+        heads, out_bias, attn_weights = self.self_attn.heads(
+            self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions
+        )
+        residual = x[:, :1] if cls_only else x
+        x = self.add_and_norm(self.self_attn_add_norm, residual, heads, self.self_attn.out_proj.weight, out_bias)
+        ffn = self.ffn
+        hidden = ffn.activation_dropout(ffn.activation(ffn.fc1(self.ffn_add_norm.sublayer_input(x))))
+        x = self.add_and_norm(self.ffn_add_norm, x, hidden, ffn.fc2.weight, ffn.fc2.bias)
         return x, attn_weights
 
 
