@@ -317,8 +317,9 @@ def test_add_linear_is_residual_plus_linear_with_the_same_gradients():
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("variant", [{}, {"qkv_bias": False}, {"norm_position": "post"}])
 def test_layer_equals_its_blocks_composed_in_inference_and_training(attn_implementation, variant):
-    """The key bias (left out without gradients), the value bias (moved into the output bias) and the residual adds
-    (accumulated by the last linear layers) are rewrites of the same function: same outputs, same gradients."""
+    """The key bias (left out without gradients), the value bias (moved into the output bias), the residual adds
+    (accumulated by the last linear layers) and the [CLS]-only attention without every token's keys and values
+    (``cls_heads``) are rewrites of the same function: same outputs, same gradients."""
     model = randomized_biases(tiny_vit(attn_implementation=attn_implementation, **variant))
     layer = model.vit.layers[0]
     x = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(1))
@@ -328,11 +329,12 @@ def test_layer_equals_its_blocks_composed_in_inference_and_training(attn_impleme
         torch.testing.assert_close(cls_state, textbook_layer(layer, x)[:, :1], atol=1e-5, rtol=0)
     layer.train()
     params = [p for p in layer.parameters()]
-    upstream = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(2))
-    ours = torch.autograd.grad(layer(x)[0], params, upstream)
-    theirs = torch.autograd.grad(textbook_layer(layer, x), params, upstream)
-    for (name, _), a, b in zip(layer.named_parameters(), ours, theirs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)  # the key bias: both ~0
+    for cls_only, length in ((False, 17), (True, 1)):
+        upstream = torch.randn(3, length, 32, generator=torch.Generator().manual_seed(2))
+        ours = torch.autograd.grad(layer(x, cls_only=cls_only)[0], params, upstream)
+        theirs = torch.autograd.grad(textbook_layer(layer, x)[:, :length], params, upstream)
+        for (name, _), a, b in zip(layer.named_parameters(), ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"{name}, cls_only={cls_only}")  # b_k: both ~0
 
 
 def test_layer_with_active_dropout_and_stochastic_depth_draws_the_same_masks():

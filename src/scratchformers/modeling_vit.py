@@ -133,8 +133,9 @@ def add_linear(
 
 class ScratchViTSelfAttention(MultiHeadAttention):
     """``layers.MultiHeadAttention`` (same parameters) with ``heads``: the attention before the output projection,
-    so that the layer can fold that projection into its residual add (``add_linear``), and without two bias terms
-    that cannot change the result:
+    so that the layer can fold that projection into its residual add (``add_linear``); for the [CLS] query alone
+    without the keys and values of every token (``cls_heads``); and without two bias terms that cannot change the
+    result:
 
     - the key bias adds ``q · b_k`` to every score of a query's row, and softmax ignores a constant shift of a row.
       It is left out when no gradients are computed (in training ``b_k`` keeps its gradient, which is zero);
@@ -147,7 +148,9 @@ class ScratchViTSelfAttention(MultiHeadAttention):
         self, hidden_states: torch.Tensor, cls_only: bool = False, output_attentions: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(concatenated heads ``[B, Tq, d]``, the output projection's effective bias, weights or None) of every
-        token or, with ``cls_only``, of the [CLS] query alone attending to every token."""
+        token or, with ``cls_only``, of the [CLS] query alone attending to every token (``cls_heads``)."""
+        if cls_only and not output_attentions:
+            return self.cls_heads(hidden_states), self.out_proj.bias, None
         queries = hidden_states[:, :1] if cls_only else hidden_states
         query = self._split_heads(self.q_proj(queries))
         key_bias = self.k_proj.bias if torch.is_grad_enabled() else None
@@ -166,6 +169,32 @@ class ScratchViTSelfAttention(MultiHeadAttention):
         )
         output = output.reshape(queries.shape[0], queries.shape[1], self.embed_dim)
         return output, out_bias, (weights if output_attentions else None)
+
+    def cls_heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The heads ``[B, 1, d]`` of the [CLS] query attending to every token, without the keys and values of every
+        token (two ``[B·T, d] x [d, d]`` products): per head, with ``x_j`` the tokens' inputs,
+
+            score_j = q · (W_k x_j + b_k) = (W_kᵀ q) · x_j + q · b_k
+            output  = Σ_j p_j (W_v x_j + b_v) = W_v (Σ_j p_j x_j) + b_v
+
+        so the query is taken back to the input space once, and the weighted mean of the inputs forward once.
+        (``q · b_k`` is the same for every key, so it changes nothing; it is kept so that ``b_k`` gets its gradient.)
+        """
+        batch, _, dim = hidden_states.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        # Products batched over the heads: [H, B, D] x [H, D, d] (a broadcast over B would expand W in backward).
+        query = (self.q_proj(hidden_states[:, 0]) * self.scaling).view(batch, heads, head_dim).transpose(0, 1)
+        query_in_input_space = torch.bmm(query, self.k_proj.weight.view(heads, head_dim, dim)).transpose(0, 1)
+        scores = torch.bmm(query_in_input_space, hidden_states.transpose(1, 2))  # [B, H, T]
+        if self.k_proj.bias is not None:
+            scores = scores + (query * self.k_proj.bias.view(heads, 1, head_dim)).sum(-1).T[..., None]
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+        weights = nn.functional.dropout(weights, p=self.dropout, training=self.training)
+        mean_input = torch.bmm(weights, hidden_states).transpose(0, 1)  # [H, B, d]
+        output = torch.bmm(mean_input, self.v_proj.weight.view(heads, head_dim, dim).transpose(1, 2))  # [H, B, D]
+        if self.v_proj.bias is not None:
+            output = output + self.v_proj.bias.view(heads, 1, head_dim)
+        return output.transpose(0, 1).reshape(batch, 1, dim)
 
 
 class ScratchViTLayer(GradientCheckpointingLayer):
