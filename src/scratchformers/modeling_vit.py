@@ -5,10 +5,12 @@ image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (Pat
 each in add & norm, with stochastic depth) -> final norm -> pool ([CLS] or mean of the patches) -> linear classifier.
 
 The encoder layer is built from the same blocks as the seq2seq Transformer (``layers.py``); its forward pass writes
-them out with three exact rewrites that save passes over the activations (the key bias, which softmax ignores; the
-value bias, moved into the output bias; each sublayer's last linear layer accumulated into the residual). Module
-names follow Hugging Face's ViT (``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight
-port in ``convert_vit.py`` is a renaming.
+them out with exact rewrites that save work (same logits, same gradients): the key bias, which softmax ignores, is
+left out at inference; the value bias is moved into the output bias; each sublayer's last linear layer accumulates
+into the residual; and a classifier's last layer computes the [CLS] token alone, without every token's keys and
+values (``ScratchViTSelfAttention.cls_heads``). Module names follow Hugging Face's ViT
+(``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight port in ``convert_vit.py`` is a
+renaming.
 """
 
 from __future__ import annotations
