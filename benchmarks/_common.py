@@ -144,7 +144,7 @@ def profile_table(fn: Callable[[], object], title: str, row_limit: int = 15) -> 
     events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:row_limit]
-    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"))
     attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
     lines = [f"**{title}** (self CPU total {total / 1e3:.0f} ms; matrix products {100 * gemm / total:.1f} %, "
              f"sdpa kernels {100 * attention / total:.1f} %)", "", "| operator | input shapes | calls | self ms | share |",

@@ -110,3 +110,26 @@ def test_cross_entropy_and_its_gradient_equal_torchs(smoothing):
     torch.testing.assert_close(ours_grad, theirs_grad)
     assert torch.all(ours_grad[0, 3:] == 0)  # ignored positions get no gradient
     assert torch.isnan(cross_entropy(logits, torch.full((2, 5), -100)))  # nothing to average, like torch
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_add_linear_equals_add_norm_of_the_linear_layer_with_the_same_gradients(norm_position):
+    """AddNorm.add_linear (bias with the residual, product accumulated in place) == add_norm(x, linear(inputs))."""
+    add_norm = AddNorm(6, "layernorm", norm_position, dropout=0.1, eps=1e-5).eval()
+    generator = torch.Generator().manual_seed(0)
+    residual, inputs = torch.randn(2, 5, 6, generator=generator), torch.randn(2, 5, 4, generator=generator)
+    weight, bias = torch.randn(6, 4, generator=generator), torch.randn(6, generator=generator)
+    leaves = [t.requires_grad_() for t in (residual, inputs, weight, bias)]
+    out = add_norm.add_linear(residual, inputs, weight, bias)
+    expected = add_norm(residual, torch.nn.functional.linear(inputs, weight, bias))
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn(2, 5, 6, generator=generator)
+    for ours, reference in zip(torch.autograd.grad(out, leaves, upstream), torch.autograd.grad(expected, leaves, upstream)):
+        torch.testing.assert_close(ours, reference)
+    first = (residual[:, :1], inputs[:, :1])  # a strided slice (the ViT's [CLS]-only layer), no bias
+    torch.testing.assert_close(add_norm.add_linear(*first, weight, None), add_norm(first[0], first[1] @ weight.T))
+    add_norm.train()  # active dropout acts between the linear layer and the add: the plain path, same masks
+    torch.manual_seed(1)
+    trained = add_norm.add_linear(residual, inputs, weight, bias)
+    torch.manual_seed(1)
+    torch.testing.assert_close(trained, add_norm(residual, torch.nn.functional.linear(inputs, weight, bias)))

@@ -247,6 +247,23 @@ class MultiHeadAttention(nn.Module):
         if rows_per_key > 1:
             query = fold_rows(query, rows_per_key)
 
+        output, weights = self.attend_heads(query, key, value, attention_mask, output_attentions)
+        # output is [B, k·T, H, D], i.e. already [B·k, T, H, D] in memory.
+        output = self.out_proj(output.reshape(batch, length, self.embed_dim))
+        if rows_per_key > 1 and output_attentions:
+            weights = unfold_rows(weights, rows_per_key)
+        return output, weights
+
+    def attend_heads(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Every head's attention, ``[B, H, T, D]`` inputs -> (``[B, T, H, D]`` output, weights or None), with the
+        kernel of the config's ``attn_implementation`` (eager when the weights are asked for)."""
         implementation = self.config._attn_implementation
         if output_attentions and implementation != "eager" and self.scoring == "scaled_dot":
             implementation = "eager"  # fused kernels do not return the weights
@@ -260,10 +277,6 @@ class MultiHeadAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
         )
-        # output is [B, k·T, H, D], i.e. already [B·k, T, H, D] in memory.
-        output = self.out_proj(output.reshape(batch, length, self.embed_dim))
-        if rows_per_key > 1 and output_attentions:
-            weights = unfold_rows(weights, rows_per_key)
         return output, (weights if output_attentions else None)
 
 
@@ -330,8 +343,12 @@ class FeedForward(nn.Module):
         self.activation_dropout = nn.Dropout(activation_dropout)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``ffn``-wide activations that ``fc2`` projects back."""
+        return self.activation_dropout(self.activation(self.fc1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+        return self.fc2(self.hidden(x))
 
 
 def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
@@ -378,6 +395,24 @@ class AddNorm(nn.Module):
     def forward(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.dropout(sublayer_output))
         return x if self.pre_norm else self.norm(x)
+
+    def add_linear(
+        self, x: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``self(x, inputs @ weightᵀ + bias)`` for a sublayer that ends in a linear layer, with fewer passes.
+
+        ``x + linear(inputs)`` writes the bias into a fresh output, accumulates the product on top, then reads that
+        output and ``x`` again for the add. When nothing acts between the two (no active dropout or stochastic
+        depth), the bias rides along with ``x`` (one pass) and the product accumulates into that sum in place
+        (``addmm_``). Same value, same gradients.
+        """
+        if self.training and (self.dropout.p > 0 or isinstance(self.drop_path, DropPath)):
+            return self(x, nn.functional.linear(inputs, weight, bias))
+        dim = x.shape[-1]
+        out = x.reshape(-1, dim) + bias if bias is not None else x.reshape(-1, dim).clone()
+        out.addmm_(inputs.reshape(-1, inputs.shape[-1]), weight.t())
+        out = out.view(x.shape)
+        return out if self.pre_norm else self.norm(out)
 
 
 # --------------------------------------------------------------------------------------------------------------

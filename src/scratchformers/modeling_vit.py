@@ -27,15 +27,7 @@ from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
-from .layers import (
-    AddNorm,
-    DropPath,
-    FeedForward,
-    MultiHeadAttention,
-    init_weights,
-    make_norm,
-    resolve_attention_function,
-)
+from .layers import AddNorm, FeedForward, MultiHeadAttention, init_weights, make_norm
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 
 
@@ -118,24 +110,9 @@ class ScratchViTEmbeddings(nn.Module):
         return self.dropout(tokens)
 
 
-def add_linear(
-    residual: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-) -> torch.Tensor:
-    """``residual + inputs @ weightᵀ + bias``: a linear layer and its residual add as one matrix product.
-
-    ``residual + linear(inputs)`` writes the bias into a fresh output, accumulates the product on top, then reads
-    that output and the residual again for the add. Here the bias rides along with the residual (one pass) and the
-    product is accumulated into that sum in place (``addmm_``). Same value, same gradients.
-    """
-    dim = residual.shape[-1]
-    out = residual.reshape(-1, dim) + bias if bias is not None else residual.reshape(-1, dim).clone()
-    out.addmm_(inputs.reshape(-1, inputs.shape[-1]), weight.t())
-    return out.view(residual.shape)
-
-
 class ScratchViTSelfAttention(MultiHeadAttention):
     """``layers.MultiHeadAttention`` (same parameters) with ``heads``: the attention before the output projection,
-    so that the layer can fold that projection into its residual add (``add_linear``); for the [CLS] query alone
+    so that the layer can fold that projection into its residual add (``AddNorm.add_linear``); for the [CLS] query alone
     without the keys and values of every token (``cls_heads``); and without two bias terms that cannot change the
     result:
 
@@ -162,15 +139,8 @@ class ScratchViTSelfAttention(MultiHeadAttention):
             value_bias, out_bias = None, torch.addmv(out_bias, self.out_proj.weight, value_bias)
         value = self._split_heads(nn.functional.linear(hidden_states, self.v_proj.weight, value_bias))
 
-        implementation = self.config._attn_implementation
-        if output_attentions and implementation != "eager":
-            implementation = "eager"  # fused kernels do not return the weights
-        attention = resolve_attention_function(implementation, self.scoring)
-        output, weights = attention(
-            self, query, key, value, None, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
-        )
-        output = output.reshape(queries.shape[0], queries.shape[1], self.embed_dim)
-        return output, out_bias, (weights if output_attentions else None)
+        output, weights = self.attend_heads(query, key, value, None, output_attentions)
+        return output.reshape(queries.shape[0], queries.shape[1], self.embed_dim), out_bias, weights
 
     def cls_heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The heads ``[B, 1, d]`` of the [CLS] query attending to every token, without the keys and values of every
@@ -217,17 +187,6 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         self.ffn = FeedForward(d, config.ffn_dim, config.activation)
         self.ffn_add_norm = add_norm()
 
-    @staticmethod
-    def add_and_norm(
-        add_norm: AddNorm, x: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        """``add_norm(x, inputs @ weightᵀ + bias)``: the sublayer's last linear layer and the residual add in one
-        product (``add_linear``) when nothing acts between them (no active dropout or stochastic depth)."""
-        if add_norm.training and (add_norm.dropout.p > 0 or isinstance(add_norm.drop_path, DropPath)):
-            return add_norm(x, nn.functional.linear(inputs, weight, bias))
-        x = add_linear(x, inputs, weight, bias)
-        return x if add_norm.pre_norm else add_norm.norm(x)
-
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -235,16 +194,15 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         attends to every token, but the attention output, the add & norms and the MLP run on one token.
 
         The same computation as ``add_norm(x, self_attn(...))`` then ``add_norm(x, ffn(...))``, written out to
-        let each sublayer's last linear layer accumulate into the residual (see ``add_and_norm``)."""
+        let each sublayer's last linear layer accumulate into the residual (``AddNorm.add_linear``)."""
         x = hidden_states
         heads, out_bias, attn_weights = self.self_attn.heads(
             self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions
         )
         residual = x[:, :1] if cls_only else x
-        x = self.add_and_norm(self.self_attn_add_norm, residual, heads, self.self_attn.out_proj.weight, out_bias)
-        ffn = self.ffn
-        hidden = ffn.activation_dropout(ffn.activation(ffn.fc1(self.ffn_add_norm.sublayer_input(x))))
-        x = self.add_and_norm(self.ffn_add_norm, x, hidden, ffn.fc2.weight, ffn.fc2.bias)
+        x = self.self_attn_add_norm.add_linear(residual, heads, self.self_attn.out_proj.weight, out_bias)
+        hidden = self.ffn.hidden(self.ffn_add_norm.sublayer_input(x))
+        x = self.ffn_add_norm.add_linear(x, hidden, self.ffn.fc2.weight, self.ffn.fc2.bias)
         return x, attn_weights
 
 
