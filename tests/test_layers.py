@@ -133,3 +133,16 @@ def test_add_linear_equals_add_norm_of_the_linear_layer_with_the_same_gradients(
     trained = add_norm.add_linear(residual, inputs, weight, bias)
     torch.manual_seed(1)
     torch.testing.assert_close(trained, add_norm(residual, torch.nn.functional.linear(inputs, weight, bias)))
+
+
+def test_add_linear_runs_under_bf16_autocast_like_the_plain_path():
+    """autocast casts the operands of F.linear but not of an in-place addmm_: add_linear must match the plain path."""
+    add_norm = AddNorm(6, "layernorm", "pre", dropout=0.0, eps=1e-5).eval()
+    generator = torch.Generator().manual_seed(0)
+    residual, inputs = torch.randn(2, 5, 6, generator=generator), torch.randn(2, 5, 4, generator=generator)
+    weight, bias = torch.randn(6, 4, generator=generator), torch.randn(6, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = add_norm.add_linear(residual, inputs, weight, bias)
+        expected = add_norm(residual, torch.nn.functional.linear(inputs, weight, bias))
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected)

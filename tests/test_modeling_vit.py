@@ -202,6 +202,24 @@ def test_bfloat16_model_takes_float32_pixels():
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
 
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_bf16_autocast_trains_and_classifies_like_float32(attn_implementation):
+    """Under torch.autocast the layer's fused paths (addmm_ into the residual, [CLS]-only attention) must still run:
+    a training step gives gradients, and inference logits stay close to float32's."""
+    model = tiny_vit(attn_implementation=attn_implementation)
+    images, labels = pixels(), torch.tensor([1, 2])
+    with torch.inference_mode():
+        expected = model(images).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images).logits
+    torch.testing.assert_close(logits.float(), expected, atol=0.05, rtol=0.05)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(images, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.classifier.parameters())
+
+
 def test_save_and_load_through_the_auto_classes(tmp_path):
     model = tiny_vit(pooling="mean")
     model.save_pretrained(tmp_path)

@@ -404,9 +404,11 @@ class AddNorm(nn.Module):
         ``x + linear(inputs)`` writes the bias into a fresh output, accumulates the product on top, then reads that
         output and ``x`` again for the add. When nothing acts between the two (no active dropout or stochastic
         depth), the bias rides along with ``x`` (one pass) and the product accumulates into that sum in place
-        (``addmm_``). Same value, same gradients.
+        (``addmm_``). Same value, same gradients. Under autocast the plain path runs: autocast does not cast the
+        operands of an in-place product.
         """
-        if self.training and (self.dropout.p > 0 or isinstance(self.drop_path, DropPath)):
+        acting = self.training and (self.dropout.p > 0 or isinstance(self.drop_path, DropPath))
+        if acting or torch.is_autocast_enabled(x.device.type):
             return self(x, nn.functional.linear(inputs, weight, bias))
         dim = x.shape[-1]
         out = x.reshape(-1, dim) + bias if bias is not None else x.reshape(-1, dim).clone()
