@@ -81,6 +81,54 @@ def alternate(
     }
 
 
+def add_common_arguments(parser, rounds: int) -> None:
+    """The options every speed benchmark shares: timing rounds and clock, threads, seed, the extra reports."""
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds (median taken)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also: bf16 autocast vs fp32 throughput of each model")
+    parser.add_argument("--compile", action="store_true", help="also: torch.compile graph breaks and speed-up")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
+
+
+def measure(
+    workloads: dict[str, Callable[[], object]], work_per_call: float, calls: int, args, warmup: int | None = None,
+    memory: bool = True,
+) -> dict:
+    """Warm each workload up (``args.warmup`` calls unless ``warmup``), time them in alternating rounds
+    (``alternate``) and, with ``memory``, take each one's peak tensor memory.
+
+    Returns ``alternate``'s dict plus ``"outputs"`` (each workload's last warm-up result) and ``"memory"`` (bytes).
+    """
+    outputs = {}
+    for name, fn in workloads.items():
+        for _ in range(args.warmup if warmup is None else warmup):
+            outputs[name] = fn()
+    result = alternate(workloads, work_per_call, calls, args.rounds, args.clock)
+    result["outputs"] = outputs
+    if memory:
+        result["memory"] = {name: peak_memory(fn) for name, fn in workloads.items()}
+    return result
+
+
+def report_fields(part: str, unit: str, result: dict, digits: int = 1, memory_ratio_key: str | None = None) -> dict:
+    """The JSON fields of one measured part: ``{part}_{unit}_per_s``, ``{part}_rounds``, ``{part}_ratio``,
+    ``{part}_peak_mib`` and, under ``memory_ratio_key``, the peak memory ratio ours / HF."""
+    fields = {
+        f"{part}_{unit}_per_s": {name: round(result[name], digits) for name in ("ours", "hf")},
+        f"{part}_rounds": result["rounds"],
+        f"{part}_ratio": round(result["ratio"], 3),
+        f"{part}_peak_mib": {name: mib(value) for name, value in result["memory"].items()},
+    }
+    if memory_ratio_key:
+        fields[memory_ratio_key] = round(result["memory"]["ours"] / result["memory"]["hf"], 3)
+    return fields
+
+
 class PeakTensorMemory(TorchDispatchMode):
     """Peak bytes of live tensor storages while active (see the module docstring).
 

@@ -32,7 +32,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import alternate, loadavg, machine, mib, peak_memory, profile_table  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments, alternate, loadavg, machine, measure, profile_table, report_fields,
+)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -117,15 +119,9 @@ def generate_fn(model, batch, new_tokens: int, num_beams: int, autocast_dtype=No
     return run
 
 
-def measure_training(models, batch, args, autocast_dtype=None):
-    steps = {name: train_step_fn(m, batch, autocast_dtype) for name, m in models.items()}
-    for step in steps.values():  # warm-up; AdamW states exist afterwards
-        for _ in range(args.warmup):
-            step()
-    tokens = batch[0].numel() + batch[2].numel()
-    result = alternate(steps, tokens, args.train_steps, args.rounds, args.clock)
-    memory = {name: peak_memory(step) for name, step in steps.items()}
-    return result, memory, steps
+def tokens_per_step(batch) -> int:
+    """Training throughput counts source and target tokens."""
+    return batch[0].numel() + batch[2].numel()
 
 
 def forward_share(model, run) -> float:
@@ -153,13 +149,10 @@ def forward_share(model, run) -> float:
     return round(inside[0] / total, 3)
 
 
-def measure_generation(models, batch, args, num_beams, autocast_dtype=None):
-    runs = {name: generate_fn(m, batch, args.new_tokens, num_beams, autocast_dtype) for name, m in models.items()}
-    outputs = {name: run() for name, run in runs.items()}  # warm-up
-    new_tokens = batch[0].shape[0] * args.new_tokens
-    result = alternate(runs, new_tokens, args.gen_calls, args.rounds, args.clock)
-    result["outputs_match"] = bool(torch.equal(outputs["ours"], outputs["hf"]))
-    result["memory"] = {name: mib(peak_memory(run)) for name, run in runs.items()}
+def measure_generation(models, batch, args, num_beams):
+    runs = {name: generate_fn(m, batch, args.new_tokens, num_beams) for name, m in models.items()}
+    result = measure(runs, batch[0].shape[0] * args.new_tokens, args.gen_calls, args, warmup=1)
+    result["outputs_match"] = bool(torch.equal(result["outputs"]["ours"], result["outputs"]["hf"]))
     result["forward_share"] = {name: forward_share(models[name], run) for name, run in runs.items()}
     return result
 
@@ -190,7 +183,7 @@ def compile_report(model, batch, args) -> dict:
     report["train_compile_seconds"] = round(time.perf_counter() - start, 1)
     eager_step = train_step_fn(eager_model, batch)
     eager_step()
-    tokens = input_ids.numel() + labels.numel()
+    tokens = tokens_per_step(batch)
     # "ours" = compiled, "hf" = eager here: the ratio is the compile speed-up.
     timing = alternate({"ours": compiled_step, "hf": eager_step}, tokens, args.train_steps, args.rounds, args.clock)
     report["train_speedup"] = round(timing["ratio"], 3)
@@ -224,19 +217,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--padded", action="store_true", help="variable source/target lengths (padding, -100)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median taken)")
-    parser.add_argument("--warmup", type=int, default=2)
+    add_common_arguments(parser, rounds=5)
     parser.add_argument("--train-steps", type=int, default=3, help="training steps per round and model")
     parser.add_argument("--gen-calls", type=int, default=1, help="generate calls per round and model")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: train,greedy,beam4")
-    parser.add_argument("--bf16", action="store_true", help="also: bf16 autocast vs fp32 (training, greedy)")
-    parser.add_argument("--compile", action="store_true", help="also: torch.compile graph breaks and speed-up")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: process CPU time (robust on a shared machine with --threads 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.src_len, args.tgt_len, args.new_tokens, args.vocab = "smoke", 2, 6, 6, 3, 64
@@ -255,12 +239,9 @@ def main(argv=None) -> dict:
 
     if "train" not in skip:
         models = {"ours": copy.deepcopy(ours), "hf": copy.deepcopy(hf)}
-        train, memory, steps = measure_training(models, batch, args)
-        report["train_tokens_per_s"] = {k: round(train[k], 1) for k in ("ours", "hf")}
-        report["train_rounds"] = train["rounds"]
-        report["train_ratio"] = round(train["ratio"], 3)
-        report["train_peak_mib"] = {name: mib(v) for name, v in memory.items()}
-        report["memory_ratio"] = round(memory["ours"] / memory["hf"], 3)
+        steps = {name: train_step_fn(m, batch) for name, m in models.items()}  # AdamW states exist after warm-up
+        report.update(report_fields("train", "tokens", measure(steps, tokens_per_step(batch), args.train_steps, args),
+                                    memory_ratio_key="memory_ratio"))
         if args.profile:
             for name, step in steps.items():
                 print(profile_table(step, f"training step, {name}, {args.size}"))
@@ -269,11 +250,8 @@ def main(argv=None) -> dict:
         if part in skip:
             continue
         gen = measure_generation({"ours": ours, "hf": hf}, batch, args, beams)
-        report[f"{part}_new_tokens_per_s"] = {k: round(gen[k], 1) for k in ("ours", "hf")}
-        report[f"{part}_rounds"] = gen["rounds"]
-        report[f"{part}_ratio"] = round(gen["ratio"], 3)
+        report.update(report_fields(part, "new_tokens", gen))
         report[f"{part}_outputs_match"] = gen["outputs_match"]
-        report[f"{part}_peak_mib"] = gen["memory"]
         report[f"{part}_forward_share"] = gen["forward_share"]
         if args.profile:
             for name, model in (("ours", ours), ("hf", hf)):
@@ -284,18 +262,14 @@ def main(argv=None) -> dict:
         # bf16 autocast against fp32, for each model: ratio = bf16 throughput / fp32 throughput.
         bf16 = {}
         for name, model in (("ours", ours), ("hf", hf)):
-            m = copy.deepcopy(model)
-            steps = {"ours": train_step_fn(m, batch, torch.bfloat16), "hf": train_step_fn(copy.deepcopy(model), batch)}
-            for step in steps.values():
-                step()
-            tokens = batch[0].numel() + batch[2].numel()
-            bf16[f"{name}_train_bf16_over_fp32"] = round(alternate(steps, tokens, args.train_steps, args.rounds, args.clock)["ratio"], 3)
+            steps = {"ours": train_step_fn(copy.deepcopy(model), batch, torch.bfloat16),
+                     "hf": train_step_fn(copy.deepcopy(model), batch)}
+            train = measure(steps, tokens_per_step(batch), args.train_steps, args, warmup=1, memory=False)
+            bf16[f"{name}_train_bf16_over_fp32"] = round(train["ratio"], 3)
             runs = {"ours": generate_fn(model, batch, args.new_tokens, 1, torch.bfloat16),
                     "hf": generate_fn(model, batch, args.new_tokens, 1)}
-            for run in runs.values():
-                run()
-            new = batch[0].shape[0] * args.new_tokens
-            bf16[f"{name}_greedy_bf16_over_fp32"] = round(alternate(runs, new, args.gen_calls, args.rounds, args.clock)["ratio"], 3)
+            greedy = measure(runs, batch[0].shape[0] * args.new_tokens, args.gen_calls, args, warmup=1, memory=False)
+            bf16[f"{name}_greedy_bf16_over_fp32"] = round(greedy["ratio"], 3)
         bf16["ours_loss_bf16"] = round(float(train_step_fn(copy.deepcopy(ours), batch, torch.bfloat16)()), 4)
         bf16["ours_loss_fp32"] = round(float(train_step_fn(copy.deepcopy(ours), batch)()), 4)
         report["bf16"] = bf16

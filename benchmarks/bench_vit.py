@@ -27,7 +27,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import alternate, loadavg, machine, mib, peak_memory, profile_table  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments, alternate, loadavg, machine, measure, profile_table, report_fields,
+)
 
 SIZES = {
     "smoke": dict(image=16, patch=8, d_model=32, layers=1, heads=2, ffn=64, labels=10, batch=2),
@@ -128,18 +130,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=list(SIZES), default="small")
     parser.add_argument("--batch", type=int, default=0, help="images per batch (0: the size's default)")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (median taken)")
-    parser.add_argument("--warmup", type=int, default=2)
+    add_common_arguments(parser, rounds=7)
     parser.add_argument("--train-steps", type=int, default=1, help="training steps per round and model")
     parser.add_argument("--infer-calls", type=int, default=2, help="forward calls per round and model")
-    parser.add_argument("--bf16", action="store_true", help="also: bf16 autocast vs fp32 (training, inference)")
-    parser.add_argument("--compile", action="store_true", help="also: torch.compile graph breaks and speed-up")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: process CPU time (robust on a shared machine with --threads 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.rounds, args.warmup, args.infer_calls = "smoke", 1, 1, 1
@@ -160,32 +153,16 @@ def main(argv=None) -> dict:
 
     models = {"ours": copy.deepcopy(ours), "hf": copy.deepcopy(hf)}
     steps = {name: train_step_fn(m, pixels, labels) for name, m in models.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    train = alternate(steps, batch, args.train_steps, args.rounds, args.clock)
-    report["train_images_per_s"] = {k: round(train[k], 2) for k in ("ours", "hf")}
-    report["train_rounds"] = train["rounds"]
-    report["train_ratio"] = round(train["ratio"], 3)
-    memory = {name: peak_memory(step) for name, step in steps.items()}
-    report["train_peak_mib"] = {name: mib(v) for name, v in memory.items()}
-    report["memory_ratio"] = round(memory["ours"] / memory["hf"], 3)
+    report.update(report_fields("train", "images", measure(steps, batch, args.train_steps, args), digits=2,
+                                memory_ratio_key="memory_ratio"))
     if args.profile:
         for name, step in steps.items():
             print(profile_table(step, f"training step, {name}, {args.size}"))
     del models, steps
 
     runs = {"ours": inference_fn(ours, pixels), "hf": inference_fn(hf, pixels)}
-    for run in runs.values():
-        for _ in range(args.warmup):
-            run()
-    infer = alternate(runs, batch, args.infer_calls, args.rounds, args.clock)
-    report["inference_images_per_s"] = {k: round(infer[k], 2) for k in ("ours", "hf")}
-    report["inference_rounds"] = infer["rounds"]
-    report["inference_ratio"] = round(infer["ratio"], 3)
-    inference_memory = {name: peak_memory(run) for name, run in runs.items()}
-    report["inference_peak_mib"] = {name: mib(v) for name, v in inference_memory.items()}
-    report["inference_memory_ratio"] = round(inference_memory["ours"] / inference_memory["hf"], 3)
+    report.update(report_fields("inference", "images", measure(runs, batch, args.infer_calls, args), digits=2,
+                                memory_ratio_key="inference_memory_ratio"))
     if args.profile:
         for name, run in runs.items():
             print(profile_table(run, f"inference, {name}, {args.size}"))
@@ -196,15 +173,11 @@ def main(argv=None) -> dict:
         for name, model in (("ours", ours), ("hf", hf)):
             steps = {"ours": train_step_fn(copy.deepcopy(model), pixels, labels, torch.bfloat16),
                      "hf": train_step_fn(copy.deepcopy(model), pixels, labels)}
-            for step in steps.values():
-                step()
-            bf16[f"{name}_train_bf16_over_fp32"] = round(
-                alternate(steps, batch, args.train_steps, args.rounds, args.clock)["ratio"], 3)
+            train = measure(steps, batch, args.train_steps, args, warmup=1, memory=False)
+            bf16[f"{name}_train_bf16_over_fp32"] = round(train["ratio"], 3)
             runs = {"ours": inference_fn(model, pixels, torch.bfloat16), "hf": inference_fn(model, pixels)}
-            for run in runs.values():
-                run()
-            bf16[f"{name}_inference_bf16_over_fp32"] = round(
-                alternate(runs, batch, args.infer_calls, args.rounds, args.clock)["ratio"], 3)
+            inference = measure(runs, batch, args.infer_calls, args, warmup=1, memory=False)
+            bf16[f"{name}_inference_bf16_over_fp32"] = round(inference["ratio"], 3)
         with torch.inference_mode():
             fp32_logits = ours(pixels).logits
             with torch.autocast("cpu", dtype=torch.bfloat16):
