@@ -129,6 +129,12 @@ def report_fields(part: str, unit: str, result: dict, digits: int = 1, memory_ra
     return fields
 
 
+def graph_break_fields(part: str, explanation) -> dict:
+    """``torch._dynamo.explain``'s verdict as JSON fields: the number of graph breaks and the first reasons."""
+    return {f"{part}_graph_breaks": explanation.graph_break_count,
+            f"{part}_break_reasons": [str(b.reason)[:200] for b in explanation.break_reasons][:5]}
+
+
 class PeakTensorMemory(TorchDispatchMode):
     """Peak bytes of live tensor storages while active (see the module docstring).
 

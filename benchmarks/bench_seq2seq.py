@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_common_arguments, alternate, loadavg, machine, measure, profile_table, report_fields,
+    add_common_arguments, alternate, graph_break_fields, loadavg, machine, measure, profile_table, report_fields,
 )
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -165,13 +165,11 @@ def compile_report(model, batch, args) -> dict:
     report = {}
     model.train()
     explanation = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    report["train_graph_breaks"] = explanation.graph_break_count
-    report["train_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    report.update(graph_break_fields("train", explanation))
     model.eval()
     with torch.no_grad():
         explanation = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    report["forward_graph_breaks"] = explanation.graph_break_count
-    report["forward_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    report.update(graph_break_fields("forward", explanation))
     torch._dynamo.reset()
 
     eager_model, compiled_model = model, copy.deepcopy(model)

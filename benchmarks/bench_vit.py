@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_common_arguments, alternate, loadavg, machine, measure, profile_table, report_fields,
+    add_common_arguments, alternate, graph_break_fields, loadavg, machine, measure, profile_table, report_fields,
 )
 
 SIZES = {
@@ -91,13 +91,11 @@ def compile_report(model, pixels, labels, args) -> dict:
     report = {}
     model.train()
     explanation = torch._dynamo.explain(model)(pixel_values=pixels, labels=labels)
-    report["train_graph_breaks"] = explanation.graph_break_count
-    report["train_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    report.update(graph_break_fields("train", explanation))
     model.eval()
     with torch.no_grad():
         explanation = torch._dynamo.explain(model)(pixel_values=pixels)
-    report["forward_graph_breaks"] = explanation.graph_break_count
-    report["forward_break_reasons"] = [str(b.reason)[:200] for b in explanation.break_reasons][:5]
+    report.update(graph_break_fields("forward", explanation))
     torch._dynamo.reset()
 
     compiled_model = copy.deepcopy(model)
