@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
@@ -14,6 +15,33 @@ from translation_fixtures import run_python
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
+
+
+class _DeprecationLogs(logging.Handler):
+    """Collects the deprecation messages transformers logs (``logger.warning_once``) rather than warns."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message.lower():
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_transformers_deprecation_logs():
+    """transformers logs some deprecations (e.g. ``past_key_values`` renamed to ``cache`` in 5.24) instead of
+    warning: a test whose code triggers one fails, so the next rename shows up here and not as garbage output."""
+    handler = _DeprecationLogs()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.messages, f"transformers logged a deprecation: {handler.messages}"
 
 
 def tiny_transformer_config(**overrides) -> sf.ScratchTransformerConfig:

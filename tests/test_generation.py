@@ -13,6 +13,8 @@ import pytest
 import torch
 from transformers.generation.utils import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 
+from scratchformers.compat import cache_of
+
 from _generation_utils import (
     BOS,
     EOS,
@@ -342,6 +344,28 @@ def test_use_cache_true_and_false_give_identical_sequences(model, sources, setti
 
 def test_use_cache_true_and_false_sample_identically(model, sources):
     assert torch.equal(sample(model, sources, seed=0, use_cache=True), sample(model, sources, seed=0, use_cache=False))
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, {"num_beams": 3}, {"do_sample": True}, {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0}]
+)
+def test_generate_feeds_the_cache_back_to_the_model(model, sources, settings):
+    """Each step after the first gets one new token and a cache holding every earlier one, under the cache name
+    of the installed transformers. (transformers 5.24 renamed it; a model that read the old name decoded each
+    step from its last token alone.)"""
+    seen = []
+
+    def record(module, args, kwargs):
+        cache = cache_of(kwargs)
+        seen.append((kwargs["decoder_input_ids"].shape[1], 0 if cache is None else cache.get_seq_length()))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = model.generate(**sources, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, **settings)
+    finally:
+        handle.remove()
+    assert len(seen) == out.shape[1] - 1 == MAX_NEW
+    assert seen == [(1, step) for step in range(MAX_NEW)]
 
 
 # --------------------------------------------------------------------------------------------------------------

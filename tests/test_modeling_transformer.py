@@ -6,6 +6,7 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, GenerationMixin
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
 import scratchformers as sf
+from scratchformers.compat import cache_of
 from scratchformers.modeling_transformer import shift_tokens_right
 
 from conftest import tiny_transformer_config
@@ -85,7 +86,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(padded_batch):
     for checkpointing in (False, True):
         model = make_model().train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
         model(**inputs).loss.backward()
         grads.append(model.model.encoder.layers[0].self_attn.q_proj.weight.grad.clone())
@@ -121,8 +122,8 @@ def test_cached_step_by_step_decoding_equals_full_forward(padded_batch, attn_imp
     cache, steps = None, []
     for t in range(padded_batch["decoder_input_ids"].shape[1]):
         out = model(encoder_outputs=encoder_outputs, attention_mask=padded_batch["attention_mask"],
-                    decoder_input_ids=padded_batch["decoder_input_ids"][:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    decoder_input_ids=padded_batch["decoder_input_ids"][:, t : t + 1], cache=cache, use_cache=True)
+        cache = cache_of(out)
         steps.append(out.logits)
     assert cache.get_seq_length() == 5 and all(cache.is_updated.values())
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
@@ -207,7 +208,7 @@ def test_generate_keeps_one_copy_of_each_encoder_output(padded_batch, monkeypatc
     monkeypatch.setattr(type(model), "_expand_inputs_for_generation", GenerationMixin._expand_inputs_for_generation)
     torch.manual_seed(0)
     repeated = model.generate(**kwargs)
-    assert shared.past_key_values.cross_attention_cache.layers[0].keys.shape[0] == 3
-    assert repeated.past_key_values.cross_attention_cache.layers[0].keys.shape[0] == 12
+    assert cache_of(shared).cross_attention_cache.layers[0].keys.shape[0] == 3
+    assert cache_of(repeated).cross_attention_cache.layers[0].keys.shape[0] == 12
     assert torch.equal(shared.sequences, repeated.sequences)
     torch.testing.assert_close(torch.stack(shared.scores), torch.stack(repeated.scores), atol=1e-5, rtol=0)

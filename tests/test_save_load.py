@@ -2,14 +2,23 @@
 
 import json
 import os
+import subprocess
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, BertConfig
 
 import scratchformers as sf
+from scratchformers.cli import main
+from scratchformers.compat import CACHE_NAME
 
+from _generation_utils import make_model
 from conftest import run_without_package, tiny_transformer_config
+
+# The last commit whose saved model code read only `past_key_values` (before transformers 5.24 renamed it `cache`).
+PREVIOUS_RELEASE = "07c67ff"
 
 
 @pytest.fixture
@@ -89,3 +98,52 @@ def test_checkpoint_of_another_model_type_is_refused(tmp_path):
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type='bert'"):
         sf.ScratchTransformerForConditionalGeneration.from_pretrained(tmp_path)
+
+
+@pytest.fixture
+def previous_release_checkpoint(tmp_path):
+    """A checkpoint as the previous release saved it: today's weights and config, that release's model code."""
+    repository = Path(__file__).resolve().parents[1]
+    model = make_model(seed=0, init_std=0.5)
+    directory = tmp_path / "previous"
+    model.save_pretrained(directory)
+    os.remove(directory / "compat.py")
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".py"):
+            old = subprocess.run(["git", "-C", str(repository), "show", f"{PREVIOUS_RELEASE}:src/scratchformers/{name}"],
+                                 capture_output=True, text=True)
+            if old.returncode:
+                pytest.skip(f"needs the repository's git history (the code of {PREVIOUS_RELEASE}): {old.stderr}")
+            (directory / name).write_text(old.stdout)
+    return model, directory
+
+
+def test_a_previous_release_checkpoint_loads_generates_and_upgrades(previous_release_checkpoint, tmp_path):
+    model, directory = previous_release_checkpoint
+    source = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    decode = dict(max_new_tokens=8, min_new_tokens=8)
+    expected = model.generate(source, use_cache=False, **decode).tolist()
+
+    with pytest.warns(UserWarning, match="predates transformers 5.24.*scratchformers upgrade"):
+        loaded = AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+    assert type(loaded) is sf.ScratchTransformerForConditionalGeneration  # the installed package's code
+    assert loaded.generate(source, **decode).tolist() == expected
+
+    remote = f"""
+        import torch
+        from transformers import AutoModelForSeq2SeqLM
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(directory)!r}, trust_remote_code=True).eval()
+        print(model.generate(torch.tensor({source.tolist()}), max_new_tokens=8, min_new_tokens=8).tolist())
+        """
+    before = eval(run_without_package(remote, tmp_path).stdout)
+    if CACHE_NAME == "cache":
+        assert before != expected  # the old code never sees the renamed cache: each step decodes its last token alone
+    else:
+        assert before == expected
+
+    assert main(["upgrade", str(directory)]) == 0
+    assert (directory / "compat.py").is_file()
+    assert eval(run_without_package(remote, tmp_path).stdout) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoModelForSeq2SeqLM.from_pretrained(directory)

@@ -3,6 +3,7 @@
     scratchformers translate MODEL_DIR "the cat sat" "a dog"       # one translation per line
     cat sentences.txt | scratchformers translate MODEL_DIR --num_beams 4 --batch_size 16
     scratchformers classify MODEL_DIR cat.png dog.jpg --top_k 3      # image <TAB> label <TAB> score
+    scratchformers upgrade MODEL_DIR                                 # current model code into an old checkpoint
 
 Output line ``i`` belongs to input ``i`` (line breaks and tabs inside a translation are printed as spaces); with
 ``--num_return_sequences n`` the ``n`` candidates of an input share its line, separated by tabs. Mistakes in the command (a missing directory, a directory without a model, a model of
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     classify.add_argument("--top_k", type=positive_int, default=1, help="labels printed per image")
     classify.add_argument("--device", default=None, help="e.g. cpu, cuda (default: GPU 0 if there is one)")
+
+    upgrade = commands.add_parser(
+        "upgrade", help="save this package's model code into a checkpoint saved by an older scratchformers",
+        description="Replace the model code (*.py) and config.json saved in MODEL_DIR with what the installed "
+        "scratchformers saves, so that trust_remote_code=True loading runs current code; weights, tokenizer and "
+        "generation config stay as they are.",
+    )
+    upgrade.add_argument("model_dir", metavar="MODEL_DIR", help="directory saved with save_pretrained")
     return parser
 
 
@@ -186,6 +195,21 @@ def classify(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# upgrade
+# --------------------------------------------------------------------------------------------------------------
+def upgrade(args: argparse.Namespace) -> int:
+    from .remote_code import upgrade_remote_code
+
+    load_config(args.model_dir)
+    try:
+        written = upgrade_remote_code(args.model_dir)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"could not upgrade '{args.model_dir}': {first_line(error)}") from error
+    print(f"{args.model_dir}: wrote {', '.join(written)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -193,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         quiet_transformers()
-        return {"translate": translate, "classify": classify}[args.command](args)
+        return {"translate": translate, "classify": classify, "upgrade": upgrade}[args.command](args)
     except CLIError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

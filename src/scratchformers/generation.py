@@ -53,6 +53,8 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput
 
+from .compat import CACHE_NAME, cache_field, cache_of
+
 # The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
 # so that sums and divisions stay well defined.
 _EMPTY = -1.0e9
@@ -489,14 +491,13 @@ def _run_beam_search(
     beam_indices = beam_indices[:, :generated]
     if not want_dict:
         return sequences
-    cache = model_kwargs.get("past_key_values")
     common = dict(
         sequences=sequences,
         sequences_scores=sequence_scores if want_scores else None,
         scores=all_scores,
         logits=raw_logits,
         beam_indices=beam_indices,
-        past_key_values=cache,
+        **cache_field(cache_of(model_kwargs)),
     )
     if is_encoder_decoder:
         encoder_outputs = model_kwargs["encoder_outputs"]
@@ -513,11 +514,11 @@ def _run_beam_search(
 
 def _reorder_cache(model, model_kwargs: dict, beam_rows: torch.Tensor) -> None:
     """Make the cache follow the beams: row ``i`` of the next step continues row ``beam_rows[i]``."""
-    cache = model_kwargs.get("past_key_values")
+    cache = cache_of(model_kwargs)
     if cache is None:
         return
     if hasattr(model, "_reorder_cache"):
-        model_kwargs["past_key_values"] = model._reorder_cache(cache, beam_rows)
+        model_kwargs[CACHE_NAME] = model._reorder_cache(cache, beam_rows)
     elif hasattr(cache, "reorder_cache"):
         cache.reorder_cache(beam_rows)
     else:

@@ -212,7 +212,7 @@ class MultiHeadAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
-        past_key_values=None,
+        cache=None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Attend from ``hidden_states`` to itself or to ``key_value_states``; returns (output, weights or None).
@@ -220,25 +220,25 @@ class MultiHeadAttention(nn.Module):
         Self-attention may also take ``key_value_states``: queries for a subset of the positions (e.g. ViT's [CLS]
         alone) attending to the whole sequence.
 
-        ``past_key_values`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
+        ``cache`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
         """
         batch, length, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states))
 
-        cache = past_key_values
+        layer_cache = cache
         if cache is not None and hasattr(cache, "self_attention_cache"):
-            cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
-        if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
-            key = cache.layers[self.layer_idx].keys
-            value = cache.layers[self.layer_idx].values
+            layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
+        if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
+            key = layer_cache.layers[self.layer_idx].keys
+            value = layer_cache.layers[self.layer_idx].values
         else:
             source = hidden_states if key_value_states is None else key_value_states
             key = self._split_heads(self.k_proj(source))
             value = self._split_heads(self.v_proj(source))
             if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+                key, value = layer_cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention:
-                    past_key_values.is_updated[self.layer_idx] = True
+                    cache.is_updated[self.layer_idx] = True
 
         # Several query rows may share one row of keys and values: the beams of one source share its encoder
         # output (see ScratchTransformerForConditionalGeneration._expand_inputs_for_generation). They become extra

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 
+from .compat import accepts_cache_alias, cache_field, cache_of
 from .configuration_transformer import ScratchTransformerConfig
 from .generation import ScratchGenerationMixin
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
@@ -120,18 +121,18 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         attention_mask: Optional[torch.Tensor],
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: Optional[torch.Tensor],
-        past_key_values: Optional[EncoderDecoderCache] = None,
+        cache: Optional[EncoderDecoderCache] = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         x = hidden_states
         self_out, self_weights = self.self_attn(
             self.self_attn_add_norm.sublayer_input(x), attention_mask=attention_mask,
-            past_key_values=past_key_values, output_attentions=output_attentions,
+            cache=cache, output_attentions=output_attentions,
         )
         x = self.self_attn_add_norm(x, self_out)
         cross_out, cross_weights = self.cross_attn(
             self.cross_attn_add_norm.sublayer_input(x), key_value_states=encoder_hidden_states,
-            attention_mask=encoder_attention_mask, past_key_values=past_key_values, output_attentions=output_attentions,
+            attention_mask=encoder_attention_mask, cache=cache, output_attentions=output_attentions,
         )
         x = self.cross_attn_add_norm(x, cross_out)
         x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
@@ -265,13 +266,14 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens, ScratchTransformerDecoderLayer, config.decoder_layers)
 
+    @accepts_cache_alias
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         encoder_hidden_states: Optional[torch.Tensor] = None,
         encoder_attention_mask: Optional[torch.Tensor] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
         output_attentions: bool = False,
@@ -284,11 +286,11 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.training and any(layer.gradient_checkpointing for layer in self.layers):
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if not use_cache:
-            past_key_values = None
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
 
         hidden = self.embeddings(input_ids, inputs_embeds, past_length)
         length = hidden.shape[1]
@@ -305,7 +307,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         all_cross = () if output_attentions else None
         for layer in self.layers:
             hidden, self_w, cross_w = layer(
-                hidden, self_mask, encoder_hidden_states, cross_mask, past_key_values, output_attentions
+                hidden, self_mask, encoder_hidden_states, cross_mask, cache, output_attentions
             )
             if output_hidden_states:
                 all_hidden += (hidden,)
@@ -315,7 +317,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         hidden, all_hidden = self.final_norm(hidden, all_hidden)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden,
-            past_key_values=past_key_values,
+            **cache_field(cache),
             hidden_states=all_hidden,
             attentions=all_self,
             cross_attentions=all_cross,
@@ -354,6 +356,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
     def get_decoder(self, *args, **kwargs) -> ScratchTransformerDecoder:
         return self.decoder
 
+    @accepts_cache_alias
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
@@ -361,7 +364,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
         decoder_input_ids: Optional[torch.Tensor] = None,
         decoder_attention_mask: Optional[torch.Tensor] = None,
         encoder_outputs: Optional[tuple | BaseModelOutput] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         decoder_inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
@@ -390,7 +393,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -398,7 +401,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **cache_field(cache_of(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -438,7 +441,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.Tensor) -> Cache:
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
         """Make the cache follow the beams that beam search keeps: row ``i`` continues row ``beam_idx[i]``.
 
         Only the self-attention cache is reordered. Beam search picks the next beams of a source among that source's
@@ -446,11 +449,11 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         ``num_beams`` times), so reordering them would copy every layer's encoder keys and values onto themselves
         at every step.
         """
-        if isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
         else:
-            past_key_values.reorder_cache(beam_idx)
-        return past_key_values
+            cache.reorder_cache(beam_idx)
+        return cache
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,
@@ -470,6 +473,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
         return input_ids, {**model_kwargs, **shared}
 
+    @accepts_cache_alias
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
@@ -477,7 +481,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         decoder_input_ids: Optional[torch.Tensor] = None,
         decoder_attention_mask: Optional[torch.Tensor] = None,
         encoder_outputs: Optional[tuple | BaseModelOutput] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         decoder_inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
@@ -488,10 +492,13 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         logits_to_keep: int = 0,
         **kwargs,
     ) -> Seq2SeqLMOutput:
-        """Logits over the vocabulary; with ``labels`` also the (label-smoothed) cross-entropy ignoring -100."""
+        """Logits over the vocabulary; with ``labels`` also the (label-smoothed) cross-entropy ignoring -100.
+
+        ``cache`` (``past_key_values`` before transformers 5.24) holds the decoder's keys and values of the steps
+        already decoded. With ``labels`` (training) no cache is built or returned, as in Marian.
+        """
         if labels is not None:
-            if use_cache:
-                use_cache = False
+            use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs = self.model(
@@ -500,7 +507,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -517,7 +524,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(cache_of(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

@@ -92,19 +92,69 @@ class RemoteCodeMixin:
 
 
 class CheckedLoadingMixin:
-    """``from_pretrained`` that turns a corrupt or truncated weight file into a clear error naming the file."""
+    """``from_pretrained`` that turns a corrupt or truncated weight file into a clear error naming the file, and
+    warns when the code saved beside the weights is too old for the installed transformers."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         from safetensors import SafetensorError
 
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             raise OSError(
                 f"The weights in {pretrained_model_name_or_path!s} are corrupt or incomplete ({error}). Save the model "
                 "again with save_pretrained, or copy the directory again if it was transferred."
             ) from error
+        if stale_remote_code(pretrained_model_name_or_path):
+            warnings.warn(
+                f"The model code saved in {pretrained_model_name_or_path!s} predates transformers 5.24's rename of the "
+                "KV cache (past_key_values -> cache). This package loads it correctly, but loading it with "
+                "trust_remote_code=True where scratchformers is not installed decodes wrongly on transformers >= 5.24. "
+                f"Run `scratchformers upgrade {pretrained_model_name_or_path!s}` to save the current code beside the "
+                "weights.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return model
+
+
+def stale_remote_code(model_dir) -> bool:
+    """Whether ``model_dir`` holds seq2seq model code from before the cache rename (it lacks ``compat.py``)."""
+    directory = Path(str(model_dir))
+    return (directory / "modeling_transformer.py").is_file() and not (directory / "compat.py").is_file()
+
+
+def upgrade_remote_code(model_dir) -> list[str]:
+    """Replace the model code and ``config.json`` saved in ``model_dir`` with what this installed package saves.
+
+    The weights, generation config, tokenizer and every other file stay as they are. Returns the names of the
+    files written. Needed for ``trust_remote_code=True`` loading of checkpoints saved by an older scratchformers.
+    """
+    import tempfile
+
+    import transformers
+
+    import scratchformers
+
+    directory = Path(str(model_dir))
+    config = transformers.AutoConfig.from_pretrained(directory)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = getattr(scratchformers, architectures[0], None) if architectures else None
+    if model_class is None:
+        raise ValueError(
+            f"{directory} does not hold a scratchformers model (config.json architectures={architectures}); only "
+            "checkpoints of ScratchTransformer* and ScratchViT* models can be upgraded."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stale-code warning this function answers
+        model = model_class.from_pretrained(directory)
+    with tempfile.TemporaryDirectory(dir=directory) as fresh:
+        model.save_pretrained(fresh)
+        written = sorted(path.name for path in Path(fresh).iterdir() if path.suffix == ".py" or path.name == "config.json")
+        for name in written:
+            os.replace(Path(fresh) / name, directory / name)  # atomic per file: an interruption leaves old or new
+    return written
 
 
 class ModelTypeCheckMixin:
