@@ -102,6 +102,29 @@ def test_standard_flags_win_over_the_defaults(tmp_path):
     assert data_args.task == "image-classification" and training_args.max_steps == 3
 
 
+@pytest.mark.parametrize(
+    "flags, keeps_best",
+    [
+        (["--save_strategy", "no"], False),
+        (["--eval_strategy", "no"], False),
+        (["--eval_strategy", "epoch"], False),
+        (["--eval_steps", "300"], False),
+        (["--eval_strategy", "epoch", "--save_strategy", "epoch"], True),
+        (["--eval_steps", "250"], True),
+    ],
+)
+def test_keeping_the_best_checkpoint_gives_way_to_the_users_schedule(flags, keeps_best):
+    """Our default load_best_model_at_end=True needs matching save/eval schedules: flags that rule it out turn it
+    off instead of failing with the Trainer's "requires the save and eval strategy to match"."""
+    _, _, training_args, _ = run.parse_args(flags)
+    assert training_args.load_best_model_at_end is keeps_best
+
+
+def test_an_explicit_load_best_model_at_end_is_kept_and_checked_by_the_trainer():
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        run.parse_args(["--save_strategy", "no", "--load_best_model_at_end", "True"])
+
+
 def test_unknown_task_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.parse_args(["--task", "summarization"])
@@ -176,6 +199,14 @@ def test_translation_run_writes_a_complete_output_directory(tiny_files, tmp_path
     assert "| d_model | 48 |" in body and "| learning rate |" in body and "${" not in card and "&id0" not in card
     assert f'pipeline("translation", model={str(out.resolve())!r}, trust_remote_code=True)' in body
     assert printed.count("source:") == 2 and "BLEU" in printed and "chrF" in printed
+
+
+@pytest.mark.parametrize("flag", ["--save_strategy", "--eval_strategy"])
+def test_runs_without_checkpoints_or_without_evaluation_finish(tiny_files, tmp_path, flag):
+    out = tmp_path / "out"
+    results = run.main(tiny_args(tiny_files, out, tmp_path / "c", flag, "no", "--num_samples", "0"))
+    assert "test_bleu" in results and (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert bool(list(out.glob("checkpoint-*"))) is (flag == "--eval_strategy")
 
 
 # --------------------------------------------------------------------------------------------------------------

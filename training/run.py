@@ -218,14 +218,30 @@ def parse_args(argv: Optional[list[str]] = None):
     explicit = set(given) if given else {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         defaults["max_steps"] = -1  # the user asked for epochs: our step budget must not override them
-    if json_file:
-        model_args, data_args, training_args, legacy_args = parser.parse_dict({**defaults, **given})
-    else:
+
+    def parse(defaults: dict[str, Any]):
+        if json_file:
+            return parser.parse_dict({**defaults, **given})
         parser.set_defaults(**defaults)
-        model_args, data_args, training_args, legacy_args = parser.parse_args_into_dataclasses(args=argv)
+        return parser.parse_args_into_dataclasses(args=argv)
+
+    if "load_best_model_at_end" not in explicit and not can_load_best_model(parse({**defaults, "load_best_model_at_end": False})[2]):
+        defaults["load_best_model_at_end"] = False  # our default gives way to the save/eval schedule the user chose
+    model_args, data_args, training_args, legacy_args = parse(defaults)
     if legacy_args.warmup_ratio is not None:
         training_args.warmup_steps = legacy_args.warmup_ratio
     return model_args, data_args, training_args, legacy_args
+
+
+def can_load_best_model(training_args) -> bool:
+    """Whether the save and eval schedules allow ``load_best_model_at_end`` (the Trainer's own rule): saving the
+    best checkpoint, or the same strategy (not "no") with, for "steps", every save on an evaluation step."""
+    strategy = training_args.save_strategy.value
+    if strategy == "best":
+        return training_args.eval_strategy.value != "no"
+    if strategy == "no" or strategy != training_args.eval_strategy.value:
+        return False
+    return strategy != "steps" or training_args.save_steps % training_args.eval_steps == 0
 
 
 def apply_config_overrides(config, overrides: Optional[str]):
