@@ -44,6 +44,13 @@ def fail_on_transformers_deprecation_logs():
     assert not handler.messages, f"transformers logged a deprecation: {handler.messages}"
 
 
+def enable_activation_checkpointing(model) -> None:
+    """``activation_checkpointing_enable`` (transformers >= 5.23; before, it was ``gradient_checkpointing_enable``,
+    now a deprecated alias)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def tiny_transformer_config(**overrides) -> sf.ScratchTransformerConfig:
     values = dict(
         vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,

@@ -9,7 +9,7 @@ import scratchformers as sf
 from scratchformers.compat import cache_of
 from scratchformers.modeling_transformer import shift_tokens_right
 
-from conftest import tiny_transformer_config
+from conftest import enable_activation_checkpointing, tiny_transformer_config
 
 
 def make_model(**overrides) -> sf.ScratchTransformerForConditionalGeneration:
@@ -86,8 +86,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(padded_batch):
     for checkpointing in (False, True):
         model = make_model().train()
         if checkpointing:
-            model.activation_checkpointing_enable()
-            assert model.is_activation_checkpointing
+            enable_activation_checkpointing(model)
+            assert all(layer.gradient_checkpointing for layer in model.model.encoder.layers)
         model(**inputs).loss.backward()
         grads.append(model.model.encoder.layers[0].self_attn.q_proj.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])

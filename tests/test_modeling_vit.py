@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 import scratchformers as sf
 from scratchformers.layers import DropPath
 
-from conftest import run_without_package
+from conftest import enable_activation_checkpointing, run_without_package
 from vit_fixtures import pixels, random_image, tiny_vit, tiny_vit_config
 
 
@@ -102,7 +102,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     reference = tiny_vit().train()
     checkpointed = tiny_vit().train()
     checkpointed.load_state_dict(reference.state_dict())
-    checkpointed.activation_checkpointing_enable()
+    enable_activation_checkpointing(checkpointed)
     assert all(layer.gradient_checkpointing for layer in checkpointed.vit.layers)
     labels = torch.tensor([1, 2])
     reference(pixels(), labels=labels).loss.backward()
