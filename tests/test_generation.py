@@ -346,6 +346,22 @@ def test_use_cache_true_and_false_sample_identically(model, sources):
     assert torch.equal(sample(model, sources, seed=0, use_cache=True), sample(model, sources, seed=0, use_cache=False))
 
 
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    "settings", [{}, {"num_beams": 3}, {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 2.0},
+                 {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0}]
+)
+def test_static_cache_gives_the_sequences_of_the_dynamic_cache(model, sources, settings, attn_implementation):
+    """cache_implementation="static" pre-allocates the decoder cache and passes 4-D masks over all its slots."""
+    original, model.config._attn_implementation = model.config._attn_implementation, attn_implementation
+    try:
+        dynamic = model.generate(**sources, max_new_tokens=MAX_NEW, **settings)
+        static = model.generate(**sources, max_new_tokens=MAX_NEW, cache_implementation="static", **settings)
+    finally:
+        model.config._attn_implementation = original
+    assert torch.equal(static, dynamic)
+
+
 @pytest.mark.parametrize(
     "settings", [{}, {"num_beams": 3}, {"do_sample": True}, {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0}]
 )

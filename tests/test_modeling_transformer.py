@@ -212,3 +212,21 @@ def test_generate_keeps_one_copy_of_each_encoder_output(padded_batch, monkeypatc
     assert cache_of(repeated).cross_attention_cache.layers[0].keys.shape[0] == 12
     assert torch.equal(shared.sequences, repeated.sequences)
     torch.testing.assert_close(torch.stack(shared.scores), torch.stack(repeated.scores), atol=1e-5, rtol=0)
+
+
+def test_return_dict_false_gives_tuples_in_hugging_face_order(padded_batch):
+    model = make_model()
+    labels = padded_batch["decoder_input_ids"]
+    with torch.no_grad():
+        loss, logits, *rest = model(input_ids=padded_batch["input_ids"], labels=labels, return_dict=False)
+        expected = model(input_ids=padded_batch["input_ids"], labels=labels)
+        assert torch.equal(loss, expected.loss) and torch.equal(logits, expected.logits)
+        assert len(rest) == 1 and torch.equal(rest[0], expected.encoder_last_hidden_state)  # no cache with labels
+        as_tuple = model(**padded_batch, use_cache=True, return_dict=False)
+        as_dict = model(**padded_batch, use_cache=True)
+        assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple()) == 3  # logits, cache, encoder
+        assert torch.equal(as_tuple[0], as_dict.logits) and torch.equal(as_tuple[2], as_dict.encoder_last_hidden_state)
+        base = model.model(**padded_batch, return_dict=False)
+        assert isinstance(base, tuple) and torch.equal(base[0], model.model(**padded_batch).last_hidden_state)
+        encoder = model.get_encoder()(input_ids=padded_batch["input_ids"], return_dict=False)
+        assert isinstance(encoder, tuple) and len(encoder) == 1

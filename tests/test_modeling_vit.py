@@ -309,8 +309,15 @@ def randomized_biases(model):
 
 def textbook_layer(layer, x):
     """``add_norm(x, self_attn(x))`` then ``add_norm(x, ffn(x))``: the layer as the blocks of layers.py compute it."""
-    x = layer.self_attn_add_norm(x, layer.self_attn(layer.self_attn_add_norm.sublayer_input(x))[0])
-    return layer.ffn_add_norm(x, layer.ffn(layer.ffn_add_norm.sublayer_input(x)))
+    return layer.reference_forward(x)[0]
+
+
+def test_reference_layer_for_the_cls_token_alone_is_its_first_row():
+    layer = randomized_biases(tiny_vit()).vit.layers[0]
+    x = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(layer.reference_forward(x, cls_only=True)[0], textbook_layer(layer, x)[:, :1],
+                                   atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

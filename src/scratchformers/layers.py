@@ -44,11 +44,21 @@ def build_attention_mask(
 ) -> Optional[torch.Tensor]:
     """Combine a padding mask and a causal ("sequence") mask into one boolean mask ``[B or 1, 1, Tq, Tk]``.
 
-    ``attention_mask`` is the usual ``[B, Tk]`` tensor of 1 (token) / 0 (padding) over the keys. Query ``i`` sits
+    ``attention_mask`` is the usual ``[B, Tk]`` tensor of 1 (token) / 0 (padding) over the keys, or a complete
+    ``[B, 1, Tq, Tk]`` mask, which is returned as a boolean mask. Query ``i`` sits
     at absolute position ``past_length + i`` and, when ``causal``, may only see keys at positions ``<= `` its own.
     Returns ``None`` when nothing is masked, so that sdpa can take its fastest path.
     """
     mask = None
+    if attention_mask is not None and attention_mask.dim() == 4:
+        # A ready [B, 1, Tq, Tk] mask, padding and causality included: transformers builds one over every slot of a
+        # compilable (static) cache. Boolean (True = attend) or additive (0 = attend).
+        if attention_mask.shape[-2] != query_length:
+            raise ValueError(
+                f"A 4-D attention_mask must have shape [batch, 1, {query_length} queries, keys], got "
+                f"{tuple(attention_mask.shape)}."
+            )
+        return attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError(

@@ -257,7 +257,8 @@ class ScratchTransformerEncoder(ScratchTransformerStack):
             if output_attentions:
                 all_attn += (weights,)
         hidden, all_hidden = self.final_norm(hidden, all_hidden)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
+        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
+        return output if return_dict is not False else output.to_tuple()
 
 
 class ScratchTransformerDecoder(ScratchTransformerStack):
@@ -294,7 +295,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
 
         hidden = self.embeddings(input_ids, inputs_embeds, past_length)
         length = hidden.shape[1]
-        if attention_mask is not None and attention_mask.shape[-1] == length and past_length:
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] == length and past_length:
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past_length), attention_mask], -1)
         self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True, past_length=past_length)
         if attention_mask is None and past_length == 0 and self.config._attn_implementation == "sdpa" and not output_attentions:
@@ -315,13 +316,14 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
                 all_self += (self_w,)
                 all_cross += (cross_w,)
         hidden, all_hidden = self.final_norm(hidden, all_hidden)
-        return BaseModelOutputWithPastAndCrossAttentions(
+        output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden,
             **cache_field(cache),
             hidden_states=all_hidden,
             attentions=all_self,
             cross_attentions=all_cross,
         )
+        return output if return_dict is not False else output.to_tuple()
 
 
 class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
@@ -399,7 +401,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        return Seq2SeqModelOutput(
+        output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             **cache_field(cache_of(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
@@ -409,6 +411,7 @@ class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
+        return output if return_dict is not False else output.to_tuple()
 
 
 class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedModel, ScratchGenerationMixin):
@@ -521,7 +524,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         loss = None
         if labels is not None:
             loss = cross_entropy(logits, labels, ignore_index=-100, label_smoothing=self.config.label_smoothing)
-        return Seq2SeqLMOutput(
+        output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
             **cache_field(cache_of(outputs)),
@@ -532,6 +535,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
         )
+        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [

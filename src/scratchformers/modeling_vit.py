@@ -193,8 +193,12 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         """New states of all tokens or, with ``cls_only``, of the [CLS] token alone (``[B, 1, d]``): its query still
         attends to every token, but the attention output, the add & norms and the MLP run on one token.
 
-        The same computation as ``add_norm(x, self_attn(...))`` then ``add_norm(x, ffn(...))``, written out to
-        let each sublayer's last linear layer accumulate into the residual (``AddNorm.add_linear``)."""
+        The same computation as ``reference_forward``, written out to let each sublayer's last linear layer
+        accumulate into the residual (``AddNorm.add_linear``). That rewrite reads the projections' weights, so it
+        runs only while every projection is a plain ``nn.Linear``: a wrapped or replaced one (peft LoRA adapters,
+        ``torch.ao`` dynamic int8, ...) must be called as a module, which ``reference_forward`` does."""
+        if not self.has_plain_projections():
+            return self.reference_forward(hidden_states, output_attentions, cls_only)
         x = hidden_states
         heads, out_bias, attn_weights = self.self_attn.heads(
             self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions
@@ -203,6 +207,26 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         x = self.self_attn_add_norm.add_linear(residual, heads, self.self_attn.out_proj.weight, out_bias)
         hidden = self.ffn.hidden(self.ffn_add_norm.sublayer_input(x))
         x = self.ffn_add_norm.add_linear(x, hidden, self.ffn.fc2.weight, self.ffn.fc2.bias)
+        return x, attn_weights
+
+    def has_plain_projections(self) -> bool:
+        attention = self.self_attn
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, self.ffn.fc1, self.ffn.fc2)
+        return all(type(projection) is nn.Linear for projection in projections)
+
+    def reference_forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The layer as the notes write it: ``x = add_norm(x, attention(x))``, then ``x = add_norm(x, ffn(x))``,
+        each block called as a module (with ``cls_only`` the [CLS] query alone attends to every token)."""
+        x = hidden_states
+        normed = self.self_attn_add_norm.sublayer_input(x)
+        queries, residual = (normed[:, :1], x[:, :1]) if cls_only else (normed, x)
+        attn_out, attn_weights = self.self_attn(
+            queries, key_value_states=normed if cls_only else None, output_attentions=output_attentions
+        )
+        x = self.self_attn_add_norm(residual, attn_out)
+        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
         return x, attn_weights
 
 
@@ -262,6 +286,9 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
 
     def get_input_embeddings(self) -> PatchEmbedding:
         return self.embeddings.patch_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.patch_embeddings = value
 
     def pool(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """One vector per image: the [CLS] token's state, or the mean of the patch tokens' states."""
@@ -355,6 +382,9 @@ class ScratchViTForImageClassification(ScratchViTPreTrainedModel):
 
     def get_input_embeddings(self) -> PatchEmbedding:
         return self.vit.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.vit.set_input_embeddings(value)
 
     def forward(
         self,
