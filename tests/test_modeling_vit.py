@@ -392,3 +392,14 @@ def test_training_gradients_match_hugging_face():
         expected = theirs[_vit_key_map(ours.config)[name]].grad
         # the key bias has a zero gradient (softmax ignores it); both sides hold rounding noise (~1e-11)
         torch.testing.assert_close(parameter.grad, expected, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_set_input_embeddings_replaces_the_patch_embedding():
+    model = tiny_vit()
+    replacement = sf.modeling_vit.PatchEmbedding(model.config)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement and model.vit.embeddings.patch_embeddings is replacement
+    with torch.no_grad():
+        replacement.projection.weight.zero_()
+        replacement.projection.bias.zero_()
+        assert torch.equal(model(pixels()).logits, model(torch.zeros_like(pixels())).logits)  # the new one is used

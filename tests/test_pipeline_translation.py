@@ -43,6 +43,23 @@ def test_translation_task_is_registered(translator):
     assert isinstance(translator, sf.TranslationPipeline)
 
 
+@pytest.mark.parametrize("task, languages", [("translation_en_to_de", ("en", "de")), ("translation_fr_to_es", ("fr", "es"))])
+def test_translation_xx_to_yy_task_names_set_the_languages(model_and_tokenizer, translator, task, languages):
+    model, tokenizer = model_and_tokenizer
+    aliased = pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
+    assert isinstance(aliased, sf.TranslationPipeline) and (aliased.src_lang, aliased.tgt_lang) == languages
+    assert aliased(SOURCES) == translator(SOURCES)
+    assert (translator.src_lang, translator.tgt_lang) == (None, None)
+    overridden = pipeline(task, model=model, tokenizer=tokenizer, device="cpu", tgt_lang="it")
+    assert (overridden.src_lang, overridden.tgt_lang) == (languages[0], "it")
+
+
+def test_unknown_tasks_are_still_refused(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(KeyError, match="Unknown task translation_en_de"):
+        pipeline("translation_en_de", model=model, tokenizer=tokenizer)
+
+
 def test_string_gives_a_list_with_one_dict(translator):
     result = translator(SOURCES[0], max_new_tokens=5)
     assert isinstance(result, list) and len(result) == 1

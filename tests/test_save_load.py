@@ -147,3 +147,25 @@ def test_a_previous_release_checkpoint_loads_generates_and_upgrades(previous_rel
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AutoModelForSeq2SeqLM.from_pretrained(directory)
+
+
+def test_tokenizer_next_to_a_remote_code_model_loads_without_asking_again(tmp_path):
+    """After AutoModel...(dir, trust_remote_code=True), AutoTokenizer.from_pretrained(dir) reads config.json again:
+    the model type is known by then, so it does not ask "Do you wish to run the custom code?"."""
+    from translation_fixtures import save_translation_model
+
+    directory = save_translation_model(tmp_path / "model")
+    result = run_without_package(
+        f"""
+        import builtins
+        asked = []
+        builtins.input = lambda *args: asked.append(args) or "n"
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        AutoModelForSeq2SeqLM.from_pretrained({str(directory)!r}, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained({str(directory)!r})
+        print(len(asked), len(tokenizer))
+        """,
+        tmp_path,
+    )
+    asked, vocab = result.stdout.split()
+    assert asked == "0" and int(vocab) > 0

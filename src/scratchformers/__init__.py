@@ -29,7 +29,7 @@ from .modeling_transformer import (
     ScratchTransformerPreTrainedModel,
 )
 from .modeling_vit import ScratchViTForImageClassification, ScratchViTModel, ScratchViTPreTrainedModel
-from .pipeline_translation import TranslationPipeline
+from .pipeline_translation import TranslationPipeline, translation_languages
 from .tokenization import train_tokenizer
 from .visualization import plot_attention, plot_vit_attention
 
@@ -59,6 +59,19 @@ ScratchViTImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 # it with pipeline("translation", model=dir, trust_remote_code=True).
 REMOVED_TASKS.pop("translation", None)
 PIPELINE_REGISTRY.register_pipeline("translation", pipeline_class=TranslationPipeline, pt_model=AutoModelForSeq2SeqLM)
+
+
+def _check_task(task: str, _registry_check_task=PIPELINE_REGISTRY.check_task):
+    """The registry's task lookup, also for the names ``translation_XX_to_YY`` that transformers 4 accepted; the
+    pipeline reads the languages off its task name."""
+    languages = translation_languages(task)
+    if languages is not None:
+        name, implementation, _ = _registry_check_task("translation")
+        return name, implementation, languages
+    return _registry_check_task(task)
+
+
+PIPELINE_REGISTRY.check_task = _check_task
 
 __all__ = [
     "ScratchTransformerConfig",

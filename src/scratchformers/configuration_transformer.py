@@ -15,7 +15,7 @@ from .layers import (
     check_positive,
     check_probability,
 )
-from .remote_code import ModelTypeCheckMixin
+from .remote_code import ModelTypeCheckMixin, register_model_type
 
 
 class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
@@ -138,5 +138,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
                 if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
                     raise ValueError(f"{name}={value!r} must be token ids in [0, vocab_size={self.vocab_size}).")
 
+
+register_model_type(ScratchTransformerConfig)
 
 __all__ = ["ScratchTransformerConfig"]

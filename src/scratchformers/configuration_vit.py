@@ -13,7 +13,7 @@ from .layers import (
     check_positive,
     check_probability,
 )
-from .remote_code import ModelTypeCheckMixin
+from .remote_code import ModelTypeCheckMixin, register_model_type
 
 POOLINGS = ("cls", "mean")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
@@ -124,5 +124,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
         check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
 
+
+register_model_type(ScratchViTConfig)
 
 __all__ = ["ScratchViTConfig", "POOLINGS"]

@@ -32,6 +32,14 @@ from transformers.utils import ModelOutput
 _NO_LIMIT = int(1e20)
 
 
+def translation_languages(task: Optional[str]) -> Optional[tuple[str, str]]:
+    """``("en", "de")`` for the task name ``"translation_en_to_de"``, else None."""
+    parts = (task or "").split("_")
+    if len(parts) == 4 and parts[0] == "translation" and parts[2] == "to" and parts[1] and parts[3]:
+        return parts[1], parts[3]
+    return None
+
+
 class TranslationPipeline(Pipeline):
     """Translate text with an encoder-decoder model (``AutoModelForSeq2SeqLM``) and its tokenizer.
 
@@ -40,7 +48,8 @@ class TranslationPipeline(Pipeline):
             the model raises its own error instead.
         return_tensors: return ``{"translation_token_ids": tensor}`` instead of text.
         clean_up_tokenization_spaces: passed to ``tokenizer.decode``.
-        src_lang / tgt_lang: for multilingual tokenizers that build translation inputs themselves.
+        src_lang / tgt_lang: for multilingual tokenizers that build translation inputs themselves; the task name
+            ``"translation_XX_to_YY"`` sets them to ``XX`` and ``YY``. Read back as ``src_lang`` / ``tgt_lang``.
     """
 
     _pipeline_calls_generate = True
@@ -50,6 +59,8 @@ class TranslationPipeline(Pipeline):
     _load_feature_extractor = False
 
     return_name = "translation"
+    src_lang: Optional[str] = None
+    tgt_lang: Optional[str] = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,10 +89,14 @@ class TranslationPipeline(Pipeline):
         preprocess_params: dict[str, Any] = {}
         if truncation is not None:
             preprocess_params["truncation"] = truncation
+        languages = translation_languages(getattr(self, "task", None))
+        if languages is not None:  # pipeline("translation_en_to_de"): the languages come with the task name
+            src_lang = languages[0] if src_lang is None else src_lang
+            tgt_lang = languages[1] if tgt_lang is None else tgt_lang
         if src_lang is not None:
-            preprocess_params["src_lang"] = src_lang
+            preprocess_params["src_lang"] = self.src_lang = src_lang
         if tgt_lang is not None:
-            preprocess_params["tgt_lang"] = tgt_lang
+            preprocess_params["tgt_lang"] = self.tgt_lang = tgt_lang
 
         postprocess_params: dict[str, Any] = {}
         if return_tensors is not None and return_text is not None and return_tensors == return_text:
@@ -191,4 +206,4 @@ class TranslationPipeline(Pipeline):
         return records
 
 
-__all__ = ["TranslationPipeline"]
+__all__ = ["TranslationPipeline", "translation_languages"]

@@ -157,6 +157,22 @@ def upgrade_remote_code(model_dir) -> list[str]:
     return written
 
 
+def register_model_type(config_class) -> None:
+    """Make ``config_class.model_type`` known to ``AutoConfig`` unless it is already (this package's own
+    registration wins).
+
+    Called where a configuration module is imported, which includes loading a checkpoint with
+    ``trust_remote_code=True`` where this package is not installed: ``AutoTokenizer`` / ``AutoImageProcessor``
+    ``.from_pretrained(dir)`` read ``config.json`` first, and an unknown model type with an ``auto_map`` would make
+    them ask again whether to run the checkpoint's code.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config_class.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(config_class.model_type, config_class)
+
+
 class ModelTypeCheckMixin:
     """Config mixin: refuse a ``config.json`` written for another model type instead of loading it half-way."""
 
