@@ -1,34 +1,16 @@
-"""BLEU and chrF (sacrebleu) as an ``evaluate`` metric module that loads offline.
+"""BLEU and chrF together as one offline ``evaluate`` metric (``scratchformers.metrics.load("bleu_chrf")``).
 
-``evaluate.load("sacrebleu")`` fetches its script from the hub; this module ships inside the package and is
-loaded by absolute path (``scratchformers.metrics.load_metric("bleu_chrf")``). It is self-contained (no relative
-imports) because ``evaluate`` copies it into its module cache before importing it.
+Kept for code that reads ``bleu`` / ``chrf`` from one ``compute``. It computes nothing itself: BLEU comes from the
+package's ``sacrebleu`` module and chrF from its ``chrf`` module (the drop-in twins of the hub metrics), so each
+score has one implementation. Imports only absolutely (``evaluate`` copies the file into its module cache).
 """
 
 import datasets
 import evaluate
-from sacrebleu.metrics import BLEU, CHRF
-
-_CITATION = """\
-@inproceedings{post-2018-call,
-    title = "A Call for Clarity in Reporting {BLEU} Scores",
-    author = "Post, Matt",
-    booktitle = "Proceedings of the Third Conference on Machine Translation: Research Papers",
-    year = "2018",
-    pages = "186--191",
-}
-@inproceedings{popovic-2015-chrf,
-    title = "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
-    author = "Popovi{\\'c}, Maja",
-    booktitle = "Proceedings of the Tenth Workshop on Statistical Machine Translation",
-    year = "2015",
-    pages = "392--395",
-}
-"""
 
 _DESCRIPTION = """\
-Corpus-level BLEU and chrF computed with sacrebleu (default tokenizer 13a; "zh" for Chinese targets).
-Scores are on a 0-100 scale, as sacrebleu prints them.
+Corpus-level BLEU and chrF computed with sacrebleu (default tokenizer 13a; "zh" for Chinese targets), on a 0-100
+scale: the package's "sacrebleu" and "chrf" metrics in one call.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -41,7 +23,7 @@ Args:
 Returns:
     bleu, chrf, and BLEU's details: precisions (1-4 gram), brevity_penalty, sys_len, ref_len.
 Examples:
-    >>> metric = scratchformers.metrics.load_metric("bleu_chrf")
+    >>> metric = scratchformers.metrics.load("bleu_chrf")
     >>> metric.compute(predictions=["the cat sat on the mat"], references=[["the cat sat on the mat"]])["bleu"]
     100.0
 """
@@ -52,7 +34,7 @@ class BleuChrf(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation="See the citations of the package's sacrebleu and chrf metrics.",
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
                 datasets.Features(
@@ -64,20 +46,8 @@ class BleuChrf(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, tokenize: str = "13a", lowercase: bool = False) -> dict:
-        if references and isinstance(references[0], str):
-            references = [[ref] for ref in references]
-        counts = {len(refs) for refs in references}
-        if len(counts) > 1:
-            raise ValueError("Every prediction needs the same number of references.")
-        # sacrebleu wants one stream per reference position: [[ref1 of each sentence], [ref2 of each sentence], ...]
-        streams = [list(stream) for stream in zip(*references)] if references else [[]]
-        bleu = BLEU(tokenize=tokenize, lowercase=lowercase).corpus_score(predictions, streams)
-        chrf = CHRF(lowercase=lowercase).corpus_score(predictions, streams)
-        return {
-            "bleu": float(bleu.score),
-            "chrf": float(chrf.score),
-            "precisions": [float(p) for p in bleu.precisions],
-            "brevity_penalty": float(bleu.bp),
-            "sys_len": int(bleu.sys_len),
-            "ref_len": int(bleu.ref_len),
-        }
+        from scratchformers.metrics import bleu_chrf_scores, load  # absolute: this file runs from evaluate's cache
+
+        if not hasattr(self, "_modules"):
+            self._modules = (load("sacrebleu"), load("chrf"))
+        return bleu_chrf_scores(predictions, references, tokenize=tokenize, lowercase=lowercase, modules=self._modules)
