@@ -16,6 +16,21 @@ def copy_batch(generator: torch.Generator, batch: int = 64) -> dict[str, torch.T
     return {"input_ids": torch.cat([tokens, eos], 1), "labels": torch.cat([tokens, eos], 1)}
 
 
+def train_to_copy(model: sf.ScratchTransformerForConditionalGeneration, steps: int):
+    """AdamW with a short warm-up on copy batches; returns the model in eval mode."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        loss = model(**copy_batch(generator)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        warmup.step()
+    return model.eval()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
@@ -36,17 +51,9 @@ def test_variant_learns_to_copy(variant):
         encoder_attention_heads=2, decoder_attention_heads=2, **variant,
     )
     implementation = "eager" if config.attention_scoring == "additive" else "sdpa"
-    model = sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation=implementation).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        loss = model(**copy_batch(generator)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        warmup.step()
-    model.eval()
+    model = train_to_copy(
+        sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation=implementation), 400
+    )
     test = copy_batch(torch.Generator().manual_seed(123), batch=32)
     with torch.no_grad():
         final = model(**test).loss.item()

@@ -11,7 +11,7 @@ from torch import nn
 import scratchformers as sf
 
 from conftest import tiny_transformer_config
-from test_learning import LENGTH, VOCAB, copy_batch
+from test_learning import LENGTH, VOCAB, copy_batch, train_to_copy
 from vit_fixtures import tiny_vit
 
 
@@ -29,17 +29,7 @@ def test_int8_seq2seq_translates_like_fp32():
     torch.manual_seed(0)
     config = tiny_transformer_config(vocab_size=VOCAB, encoder_layers=1, decoder_layers=1, d_model=64, ffn_dim=128,
                                      encoder_attention_heads=2, decoder_attention_heads=2)
-    model = sf.ScratchTransformerForConditionalGeneration(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        loss = model(**copy_batch(generator)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        warmup.step()
-    model.eval()
+    model = train_to_copy(sf.ScratchTransformerForConditionalGeneration(config), 300)
     test = copy_batch(torch.Generator().manual_seed(123), batch=16)
     int8 = quantize(model)
     assert quantized_linears(int8) == sum(isinstance(m, nn.Linear) for m in model.modules())
