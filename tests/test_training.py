@@ -9,9 +9,11 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
@@ -244,6 +246,69 @@ def test_resume_continues_to_the_same_weights(tiny_files, tmp_path):
         run.main(tiny_args(tiny_files, explicit, tmp_path / "c", *no_eval))
 
 
+def test_the_same_command_again_on_a_finished_run_evaluates_without_training(tiny_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = tiny_args(tiny_files, out, tmp_path / "c", "--num_samples", "0")
+    first = run.main(args)
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    weights = digest(out / "model.safetensors")
+    again = run.main(args)
+    assert "already finished training (step 4)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == checkpoints  # nothing rotated away
+    assert digest(out / "model.safetensors") == weights  # the saved model, untouched
+    assert again["test_bleu"] == first["test_bleu"] and again["train_loss"] == first["train_loss"]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_a_run_whose_final_save_was_interrupted_saves_its_model_from_the_checkpoint(tiny_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = tiny_args(tiny_files, out, tmp_path / "c", "--num_samples", "0", "--load_best_model_at_end", "False")
+    run.main(args)
+    for name in ("train_results.json", "model.safetensors", "all_results.json"):
+        (out / name).unlink()
+    run.main(args)
+    assert "the final model was not saved: saving it from" in capsys.readouterr().out
+    assert digest(out / "model.safetensors") == digest(out / "checkpoint-4" / "model.safetensors")
+    assert "test_bleu" in json.loads((out / "all_results.json").read_text())
+
+
+def test_a_half_written_checkpoint_is_skipped_and_set_aside(tiny_files, tmp_path, caplog):
+    out = tmp_path / "out"
+    options = ("--num_samples", "0", "--do_eval", "False", "--do_predict", "False", "--eval_strategy", "no")
+    run.main(tiny_args(tiny_files, out, tmp_path / "c", *options, "--max_steps", "2"))
+    partial = out / "checkpoint-4"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")  # killed before trainer_state.json was written
+    for name in ("train_results.json", "model.safetensors"):
+        (out / name).unlink()
+    run.main(tiny_args(tiny_files, out, tmp_path / "c", *options))
+    assert "Skipping" in caplog.text and "it has no trainer_state.json" in caplog.text
+    assert (out / "checkpoint-4.incomplete" / "model.safetensors").read_bytes() == b"half"
+    assert json.loads((out / "train_results.json").read_text())["train_resumed_from_step"] == 2
+    assert run.checkpoint_problem(out / "checkpoint-4") is None
+    with pytest.raises(SystemExit, match="cannot be resumed from: it has no trainer_state.json"):
+        run.main(tiny_args(tiny_files, tmp_path / "other", tmp_path / "c", *options,
+                           "--resume_from_checkpoint", str(out / "checkpoint-4.incomplete")))
+
+
+def test_a_resumed_run_reports_the_loss_of_the_whole_run(tiny_files, tmp_path):
+    options = ("--num_samples", "0", "--do_eval", "False", "--do_predict", "False", "--eval_strategy", "no",
+               "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "5")
+    full = run.main(tiny_args(tiny_files, tmp_path / "full", tmp_path / "c", *options))
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", resumed_dir / "checkpoint-3")
+    resumed = run.main(tiny_args(tiny_files, resumed_dir, tmp_path / "c", *options))
+    assert resumed["train_resumed_from_step"] == 3
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Slow: 2-process DDP, and one end-to-end run per task loaded in a fresh process without the package
 # --------------------------------------------------------------------------------------------------------------
@@ -254,6 +319,44 @@ def run_script(args: list[str], tmp_path, launcher: list[str] | None = None) -> 
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-6000:])
     return result
+
+
+KILL_DELAYS_MS = (0, 1, 3, 6, 10, 20, 35, 60)
+
+
+@pytest.mark.slow
+def test_runs_killed_while_saving_a_checkpoint_resume_and_finish(tiny_files, tmp_path):
+    """kill -9 at many moments after a checkpoint folder appears (one kill per delay, each rerun resuming from what
+    the previous kill left); the same command then finishes with the weights of an uninterrupted run."""
+    options = ("--max_steps", "12", "--save_steps", "1", "--eval_steps", "1", "--eval_strategy", "no",
+               "--do_eval", "False", "--load_best_model_at_end", "False", "--save_total_limit", "3",
+               "--num_samples", "0")
+    reference = tmp_path / "reference"
+    run_script(tiny_args(tiny_files, reference, tmp_path / "c", *options), tmp_path)
+    out = tmp_path / "out"
+    args = [str(RUN_PY), *tiny_args(tiny_files, out, tmp_path / "c", *options)]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    killed_during_save = 0
+    for delay in KILL_DELAYS_MS:
+        seen = {p.name for p in out.glob("checkpoint-*")} if out.exists() else set()
+        process = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and not ({p.name for p in out.glob("checkpoint-*")} - seen if out.exists() else ()):
+            time.sleep(0.0005)
+        time.sleep(delay / 1000)
+        process.kill()
+        process.wait()
+        new = [p for p in out.glob("checkpoint-*") if p.name not in seen and p.is_dir()]
+        killed_during_save += any(run.checkpoint_problem(p) for p in new)
+    run_script(tiny_args(tiny_files, out, tmp_path / "c", *options), tmp_path)
+    assert killed_during_save >= 1, "no kill landed inside a save; the delays need adjusting"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
+    assert "test_bleu" in json.loads((out / "all_results.json").read_text()) and (out / "README.md").is_file()
+    assert all(run.checkpoint_problem(p) is None for p in out.iterdir() if run.CHECKPOINT_NAME.fullmatch(p.name))
+    assert load_file(out / "model.safetensors").keys() == load_file(reference / "model.safetensors").keys()
+    for name, tensor in load_file(reference / "model.safetensors").items():
+        assert torch.equal(load_file(out / "model.safetensors")[name], tensor), name
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import logging
 import platform
 import string
 import sys
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 import scratchformers
 from scratchformers import ScratchTransformerConfig, ScratchViTConfig, make_image_processor, train_tokenizer
@@ -281,7 +281,8 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
         return None
     if training_args.resume_from_checkpoint:
         return None
-    last_checkpoint = get_last_checkpoint(output_dir)
+    with training_args.main_process_first(desc="checking the checkpoints", local=False):
+        last_checkpoint = last_usable_checkpoint(output_dir, rename_incomplete=training_args.process_index == 0)
     if last_checkpoint is None and (Path(output_dir) / "config.json").exists():
         raise ValueError(
             f"--output_dir {output_dir} already holds a trained model and no checkpoint to resume from. Use another "
@@ -293,6 +294,88 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
             "or pass --overwrite_output_dir."
         )
     return last_checkpoint
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_problem(checkpoint: Path) -> Optional[str]:
+    """Why ``checkpoint`` cannot be resumed from, or None. The Trainer writes ``trainer_state.json`` after the
+    weights, optimizer, scheduler and RNG states, so a checkpoint interrupted while it was written lacks it or
+    holds a truncated one."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "it has no trainer_state.json"
+    except (OSError, ValueError):
+        return "its trainer_state.json is truncated"
+    match = CHECKPOINT_NAME.fullmatch(checkpoint.name)
+    if match and state.get("global_step") != int(match.group(1)):
+        return f"its trainer_state.json is for step {state.get('global_step')}"
+    if not any((checkpoint / name).is_file() for name in WEIGHT_FILES):
+        return "it has no weights"
+    return None
+
+
+def last_usable_checkpoint(output_dir: str, rename_incomplete: bool) -> Optional[str]:
+    """The newest completely written ``checkpoint-N`` of ``output_dir``.
+
+    Newer ones that an interruption left half-written are skipped with a warning and (by the main process)
+    renamed ``checkpoint-N.incomplete``, so that neither a later run nor the Trainer's checkpoint rotation takes
+    them for checkpoints."""
+    checkpoints = [p for p in Path(output_dir).iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
+    for checkpoint in sorted(checkpoints, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)), reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        aside = checkpoint.with_name(checkpoint.name + ".incomplete")
+        logger.warning(
+            f"Skipping {checkpoint}: {problem}, so it was interrupted while being saved. It is renamed {aside.name} "
+            "(delete it when you like); resuming from the previous checkpoint."
+        )
+        if rename_incomplete:
+            suffix = 1
+            while aside.exists():
+                aside, suffix = checkpoint.with_name(f"{checkpoint.name}.incomplete{suffix}"), suffix + 1
+            checkpoint.rename(aside)
+    return None
+
+
+def finished_training(checkpoint: str, training_args) -> Optional[dict]:
+    """The checkpoint's trainer state if it already reached the run's last step (``--max_steps``, or the step
+    count of the run that wrote it), else None."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    last_step = training_args.max_steps if training_args.max_steps > 0 else state.get("max_steps", 0)
+    return state if 0 < last_step <= state["global_step"] else None
+
+
+def skip_finished_training(model_args, training_args, last_checkpoint: Optional[str]) -> Optional[str]:
+    """Running the same command again on a run whose training is done: evaluate, never train past its last step.
+
+    Finished and saved (``train_results.json`` is written after the final model): the saved model is evaluated
+    and tested again, its files untouched. Training ended but the final save was interrupted: the final model
+    (the best checkpoint with ``load_best_model_at_end``, else the last one) is saved from its checkpoint.
+    Returns the checkpoint still to resume from (None when training is skipped)."""
+    if not (training_args.do_train and last_checkpoint):
+        return last_checkpoint
+    state = finished_training(last_checkpoint, training_args)
+    if state is None:
+        return last_checkpoint
+    output_dir = training_args.output_dir
+    if (Path(output_dir) / "train_results.json").is_file():
+        print(f"{output_dir} already finished training (step {state['global_step']}): evaluating its saved model "
+              "again, without training. Pass --overwrite_output_dir to train a new model there.")
+        model_args.model_name_or_path = output_dir
+    else:
+        best = state.get("best_model_checkpoint")
+        source = best if training_args.load_best_model_at_end and best and os.path.isdir(best) else last_checkpoint
+        print(f"Training in {output_dir} ended at step {state['global_step']} but the final model was not saved: "
+              f"saving it from {source}, then evaluating.")
+        model_args.model_name_or_path = source
+    model_args.config_overrides = None  # the architecture is the saved one
+    training_args.do_train = False
+    return None
 
 
 def setup_logging(training_args) -> None:
@@ -593,11 +676,15 @@ def resolve_resume(training_args, last_checkpoint: Optional[str]) -> Optional[st
     if isinstance(resume_from, str) and resume_from.lower() in ("true", "false"):
         resume_from = resume_from.lower() == "true"
     if resume_from is True:
-        resume_from = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        output_dir = training_args.output_dir
+        resume_from = last_usable_checkpoint(output_dir, training_args.process_index == 0) if os.path.isdir(output_dir) else None
         if resume_from is None:
-            raise ValueError(f"--resume_from_checkpoint True but {training_args.output_dir} holds no checkpoint.")
+            raise ValueError(f"--resume_from_checkpoint True but {training_args.output_dir} holds no usable checkpoint.")
     if resume_from and not os.path.isdir(resume_from):
         raise ValueError(f"--resume_from_checkpoint {resume_from} is not a directory.")
+    if resume_from and (problem := checkpoint_problem(Path(resume_from))):
+        raise ValueError(f"--resume_from_checkpoint {resume_from} cannot be resumed from: {problem}. Pass an "
+                         "earlier checkpoint (or the run's --output_dir alone, which picks the last complete one).")
     return resume_from or None
 
 
@@ -633,12 +720,14 @@ class ScratchTrainer(ScratchTrainerMixin, Trainer):
     pass
 
 
-def train_evaluate_save(job: Job, training_args) -> dict:
+def train_evaluate_save(job: Job, training_args, model_source: Optional[str] = None) -> dict:
     """Train (resuming if asked), save the final model, evaluate on validation and test; HF-style results files."""
     trainer, datasets_, resume_from = job.trainer, job.processed, job.resume_from
     results: dict[str, Any] = {}
     if training_args.do_train:
         start = time.time()
+        # Read before training: checkpoint rotation may delete the checkpoint the run resumed from.
+        resumed_state = json.loads((Path(resume_from) / "trainer_state.json").read_text()) if resume_from else None
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
@@ -646,9 +735,9 @@ def train_evaluate_save(job: Job, training_args) -> dict:
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(datasets_["train"])
         metrics["train_steps"] = trainer.state.global_step
-        if resume_from:
-            state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
-            metrics["train_resumed_from_step"] = state["global_step"]
+        if resumed_state:
+            metrics["train_resumed_from_step"] = resumed_state["global_step"]
+            metrics["train_loss"] = whole_run_loss(resumed_state, metrics["train_loss"], trainer.state.global_step)
         metrics["train_wall_seconds"] = round(time.time() - start, 1)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
@@ -667,11 +756,32 @@ def train_evaluate_save(job: Job, training_args) -> dict:
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         results.update(metrics)
-    if not training_args.do_train:
+    train_results = Path(training_args.output_dir) / "train_results.json"
+    if not training_args.do_train and same_directory(model_source, training_args.output_dir) and train_results.is_file():
+        results.update(json.loads(train_results.read_text()))  # a finished run evaluated again: its training figures
+    if not training_args.do_train and not same_directory(model_source, training_args.output_dir):
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
         trainer.save_model()  # evaluation-only runs still leave a complete, loadable directory
     return results
+
+
+def same_directory(a: Optional[str], b: str) -> bool:
+    return bool(a) and os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
+
+
+def whole_run_loss(state: dict, resumed_loss: float, global_step: int) -> float:
+    """The mean training loss over every step of a resumed run: the Trainer's ``train_loss`` covers the steps
+    after the resume only; the steps before come from the checkpoint's logged losses (exact when
+    ``logging_steps`` divides the resume step, else their logged mean stands in for the unlogged tail)."""
+    resumed_at = state["global_step"]
+    total, covered, previous = 0.0, 0, 0
+    for entry in state.get("log_history", []):
+        if "loss" in entry and entry["step"] <= resumed_at:
+            total, covered, previous = total + entry["loss"] * (entry["step"] - previous), entry["step"], entry["step"]
+    if not covered or global_step <= resumed_at:
+        return resumed_loss
+    return (total / covered * resumed_at + resumed_loss * (global_step - resumed_at)) / global_step
 
 
 def finish(trainer, model_args, data_args, training_args, results: dict, samples: list[dict], raw) -> None:
@@ -852,7 +962,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise FileNotFoundError(f"The model-card template {CARD_TEMPLATE} is missing.")
         if not (training_args.do_train or model_args.model_name_or_path):
             raise ValueError("Nothing to evaluate: pass --do_train True, or --model_name_or_path of a trained model.")
-        last_checkpoint = check_output_dir(training_args, legacy_args, data_args.task)
+        last_checkpoint = skip_finished_training(
+            model_args, training_args, check_output_dir(training_args, legacy_args, data_args.task)
+        )
         set_seed(training_args.seed)
         prepare = prepare_translation if data_args.task == "translation" else prepare_image_classification
         job = prepare(model_args, data_args, training_args, last_checkpoint)
@@ -860,7 +972,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         # Bad input: a clear message before anything was trained or written.
         raise SystemExit(f"error: {error}") from error
 
-    results = train_evaluate_save(job, training_args)
+    results = train_evaluate_save(job, training_args, model_args.model_name_or_path)
     samples = job.report(results) if job.trainer.is_world_process_zero() else []
     finish(job.trainer, model_args, data_args, training_args, results, samples, job.raw)
     return results
