@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
 import scratchformers as sf
@@ -40,6 +43,36 @@ def vit_dir(tmp_path_factory):
     return directory
 
 
+def damaged_copy(source: Path, target: Path, edit) -> Path:
+    """A copy of the checkpoint ``source`` whose ``model.safetensors`` holds ``edit(tensors)``."""
+    shutil.copytree(source, target)
+    tensors = load_file(target / "model.safetensors")
+    save_file(edit(dict(tensors)), target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def without(*names: str):
+    """An edit for ``damaged_copy``: leave out the tensors ``names``."""
+    return lambda tensors: {name: tensor for name, tensor in tensors.items() if name not in names}
+
+
+def with_tensor(name: str, tensor: torch.Tensor):
+    """An edit for ``damaged_copy``: add or replace the tensor ``name``."""
+    return lambda tensors: {**tensors, name: tensor}
+
+
+def assert_one_error_line(err: str, fragment: str) -> None:
+    """``err`` is one ``scratchformers: error:`` line (no traceback, warning or load report) holding ``fragment``."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scratchformers: error: "), err
+    assert fragment in lines[0], lines[0]
+
+
+def save_image(path: Path, seed: int = 0) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def run_main(args: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
     if stdin is not None:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
@@ -68,6 +101,18 @@ def test_module_missing_directory_is_a_one_line_error(tmp_path):
         f"scratchformers: error: model directory '{tmp_path / 'nowhere'}' does not exist"
     ]
     assert result.stdout == ""
+
+
+def test_module_missing_tensor_is_one_line_on_stderr(model_dir, tmp_path):
+    """The real process: no load report, warning or traceback besides the error (it used to translate, status 0)."""
+    damaged = damaged_copy(model_dir, tmp_path / "damaged", without("model.decoder.layers.0.ffn.fc1.bias"))
+    result = run_python("-m scratchformers translate", tmp_path, args=(str(damaged), "hello"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"scratchformers: error: the weights in '{damaged}' do not match its config.json (1 tensor missing: "
+        "model.decoder.layers.0.ffn.fc1.bias): re-save the model with save_pretrained, or use the config.json it was "
+        "saved with"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,6 +171,115 @@ def test_translate_without_tokenizer_and_bad_options(tmp_path, capsys):
     assert status == 2 and "max_position_embeddings" in err and len(err.strip().splitlines()) == 1
 
 
+def test_correctly_saved_models_load_silently(model_dir, vit_dir, tmp_path, capsys):
+    """The loading report is empty for good checkpoints: the output projection and the encoder/decoder embeddings,
+    tied to the shared embedding and saved once, are not missing."""
+    assert "lm_head.weight" not in load_file(model_dir / "model.safetensors")
+    status, out, err = run_main(["translate", model_dir, "the red cat sat", "--max_new_tokens", "3"], capsys)
+    assert (status, err) == (0, "") and out.count("\n") == 1
+    status, out, err = run_main(["classify", vit_dir, save_image(tmp_path / "a.png")], capsys)
+    assert (status, err) == (0, "") and out.startswith(f"{tmp_path / 'a.png'}\t")
+
+
+FC1_BIAS = "model.decoder.layers.0.ffn.fc1.bias"
+LAYER_1 = "model.decoder.layers.1."
+
+
+@pytest.mark.parametrize("case", ["missing", "many_missing", "shared_embedding", "unexpected", "wrong_shape"])
+def test_translate_weights_that_do_not_match_the_config(case, model_dir, tmp_path, capsys):
+    """Missing, unexpected or wrong-shape tensors are an error (not a translation with random weights, nor a
+    "look at the above report" with the report hidden)."""
+    layer_1 = sorted(name for name in load_file(model_dir / "model.safetensors") if name.startswith(LAYER_1))
+    edit, problem = {
+        "missing": (without(FC1_BIAS), f"1 tensor missing: {FC1_BIAS}"),
+        "many_missing": (without(*layer_1), f"{len(layer_1)} tensors missing: {', '.join(layer_1[:3])}, ...)"),
+        "shared_embedding": (without("model.shared.weight"), "1 tensor missing: model.shared.weight"),
+        "unexpected": (with_tensor("model.extra.weight", torch.zeros(2)), "1 unexpected tensor: model.extra.weight"),
+        "wrong_shape": (with_tensor(FC1_BIAS, torch.zeros(63)),
+                        f"1 tensor of the wrong shape: {FC1_BIAS} (63,) instead of (64,)"),
+    }[case]
+    damaged = damaged_copy(model_dir, tmp_path / "damaged", edit)
+    status, out, err = run_main(["translate", damaged, "the red cat sat"], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, f"the weights in '{damaged}' do not match its config.json ({problem}")
+    assert err.rstrip().endswith("): re-save the model with save_pretrained, or use the config.json it was saved with")
+
+
+@pytest.mark.parametrize("content,error", [(b"not a pickle" * 10, "UnpicklingError"), (b"", "EOFError"),
+                                           ("truncated", "RuntimeError: PytorchStreamReader failed reading zip")],
+                         ids=["garbage", "empty", "truncated"])
+def test_translate_corrupt_pytorch_checkpoint(content, error, model_dir, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    (damaged / "model.safetensors").unlink()
+    if content == "truncated":
+        torch.save(load_file(model_dir / "model.safetensors"), damaged / "pytorch_model.bin")
+        content = (damaged / "pytorch_model.bin").read_bytes()[:1000]
+    (damaged / "pytorch_model.bin").write_bytes(content)
+    status, out, err = run_main(["translate", damaged, "hello"], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, f"the weights in '{damaged}' are corrupt or not a PyTorch checkpoint ({error}")
+    assert "save the model again with save_pretrained" in err
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])  # how Python reads stdin depends on the locale
+def test_translate_stdin_that_is_not_utf8(errors, model_dir, capsys, monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO(b"the red cat sat\ncaf\xe9 au lait\n"), encoding="utf-8", errors=errors)
+    monkeypatch.setattr("sys.stdin", stdin)
+    status, out, err = run_main(["translate", model_dir, "--max_new_tokens", "3"], capsys)
+    assert status == 2
+    where = " on line 2" if errors == "surrogateescape" else ""
+    assert_one_error_line(err, f"stdin is not UTF-8 text (byte 0xe9{where}): convert it to UTF-8 first, e.g. with "
+                               "`iconv -f latin1 -t utf-8`")
+    assert out.count("\n") == (1 if errors == "surrogateescape" else 0)  # line 1 was translated before line 2 came
+
+
+def test_translate_text_argument_that_is_not_utf8(model_dir, capsys):
+    status, out, err = run_main(["translate", model_dir, "hello", "caf\udce9"], capsys)  # argv's b"caf\xe9"
+    assert status == 2 and out == ""
+    assert_one_error_line(err, "TEXT argument 2 is not UTF-8 text (byte 0xe9): convert it to UTF-8 first")
+
+
+@pytest.mark.parametrize("command", ["translate", "classify"])
+@pytest.mark.parametrize("device,cuda_gpus,message", [
+    ("bogus", 0, "--device bogus is not a device (cpu, cuda, cuda:N, mps)"),
+    ("0", 0, "--device 0 is not a device (cpu, cuda, cuda:N, mps)"),
+    ("cuda", 0, "--device cuda: no CUDA GPU is available; use --device cpu"),
+    ("cuda:1", 0, "--device cuda:1: no CUDA GPU is available; use --device cpu"),
+    ("cuda:3", 1, "--device cuda:3: this machine has 1 CUDA GPU(s), cuda:0 to cuda:0"),
+    ("mps", 0, "--device mps: no MPS (Apple GPU) is available; use --device cpu"),
+], ids=["bogus", "0", "cuda", "cuda:1", "cuda:3-of-1", "mps"])
+def test_unavailable_device_is_one_line(command, device, cuda_gpus, message, model_dir, vit_dir, tmp_path, capsys,
+                                        monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    inputs = {"translate": [model_dir, "hello"], "classify": [vit_dir, save_image(tmp_path / "a.png")]}[command]
+    status, out, err = run_main([command, *inputs, "--device", device], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, message)
+
+
+def test_translate_device_failures_are_one_line(model_dir, capsys, monkeypatch):
+    """Out of memory while translating, or a broken GPU when the model moves there: one line, not a traceback."""
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(sf.TranslationPipeline, "__call__", out_of_memory)
+    status, out, err = run_main(["translate", model_dir, "hello", "--device", "cpu"], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, "out of memory on cpu while translating 1 sentence(s): use a smaller --batch_size")
+
+    def broken_gpu(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore details")
+
+    monkeypatch.setattr(sf.TranslationPipeline, "__init__", broken_gpu)
+    status, out, err = run_main(["translate", model_dir, "hello", "--device", "cpu"], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, "could not put the model on cpu: CUDA error: no kernel image is available for "
+                               "execution on the device; try --device cpu")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # classify, in process
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,3 +307,35 @@ def test_classify_errors_exit_2(vit_dir, model_dir, tmp_path, capsys):
     for args, message in cases:
         status, out, err = run_main(args, capsys)
         assert status == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_classify_reports_unreadable_images_and_goes_on(vit_dir, tmp_path, capsys):
+    """A damaged image is one line on stderr; the images after it are still classified; the status is 2."""
+    good = [save_image(tmp_path / "first.png", 0), save_image(tmp_path / "last.png", 1)]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[0].read_bytes()[:2000])
+    (tmp_path / "notes.png").write_text("not an image")
+    status, out, err = run_main(["classify", vit_dir, good[0], truncated, tmp_path / "notes.png", good[1]], capsys)
+    assert status == 2
+    assert [line.split("\t")[0] for line in out.strip().split("\n")] == [str(good[0]), str(good[1])]
+    assert err.strip().splitlines() == [
+        f"scratchformers: error: '{truncated}' is a damaged or truncated image (image file is truncated): skipped it; "
+        "save or copy it again",
+        f"scratchformers: error: '{tmp_path / 'notes.png'}' is not an image file this program can read: skipped it",
+    ]
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_shape"])
+def test_classify_weights_that_do_not_match_the_config(case, vit_dir, tmp_path, capsys):
+    edit, problem = {
+        "missing": (without("vit.layer_norm.weight"), "1 tensor missing: vit.layer_norm.weight"),
+        "wrong_shape": (lambda tensors: {**tensors, "classifier.weight": torch.zeros(4, 32),
+                                         "classifier.bias": torch.zeros(4)},
+                        "2 tensors of the wrong shape: classifier.bias (4,) instead of (3,), classifier.weight "
+                        "(4, 32) instead of (3, 32)"),
+    }[case]
+    damaged = damaged_copy(vit_dir, tmp_path / "damaged", edit)
+    status, out, err = run_main(["classify", damaged, save_image(tmp_path / "a.png")], capsys)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, f"the weights in '{damaged}' do not match its config.json ({problem}): re-save the "
+                               "model with save_pretrained")

@@ -28,6 +28,9 @@ def test_defaults_are_the_paper_base_model():
         ({"encoder_layers": 0}, "encoder_layers must be a positive integer"),
         ({"vocab_size": 10, "eos_token_id": 12}, r"eos_token_id=12 must be token ids in \[0, vocab_size=10\)"),
         ({"d_model": 33, "encoder_attention_heads": 1, "decoder_attention_heads": 1}, "even d_model"),
+        ({"layer_norm_eps": -1}, "layer_norm_eps must be a number > 0, got -1"),  # NaN logits before
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps must be a number > 0, got 0.0"),
+        ({"init_std": 0}, "init_std must be a number > 0, got 0"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(overrides, message):

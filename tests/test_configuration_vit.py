@@ -38,6 +38,7 @@ def test_defaults_are_vit_base_patch16_224():
         ({"label_smoothing": 1.5}, "label_smoothing"),
         ({"qkv_bias": "yes"}, "qkv_bias"),
         ({"layer_norm_eps": 0}, "layer_norm_eps"),
+        ({"layer_norm_eps": -1e-6}, "layer_norm_eps must be a number > 0, got -1e-06"),
         ({"init_std": -1}, "init_std"),
         ({"problem_type": "ranking"}, "problem_type"),
     ],

@@ -9,6 +9,7 @@ from scratchformers.layers import (
     AddNorm,
     build_attention_mask,
     cross_entropy,
+    make_norm,
     masked_softmax,
     resolve_attention_function,
     sinusoidal_table,
@@ -41,6 +42,23 @@ def test_no_mask_when_nothing_is_masked():
 def test_mask_shape_errors_are_clear():
     with pytest.raises(ValueError, match="attention_mask covers 3 positions"):
         build_attention_mask(torch.ones(1, 3), 4, 4, causal=False)
+
+
+def test_a_padding_mask_row_of_zeros_is_refused():
+    """A row with no key leaves softmax undefined; eager and sdpa would give it different outputs."""
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="attention_mask row 1 masks every source token.*at least one token"):
+        build_attention_mask(mask, 3, 3, causal=False)
+    # Causal (decoder) masks are left alone: a left-padded row's leading pad queries see no key, and nobody reads them.
+    assert build_attention_mask(torch.tensor([[0, 1, 1]]), 3, 3, causal=True) is not None
+
+
+def test_make_norm_refuses_an_unknown_norm_type():
+    """Not a silent RMSNorm: a config edited after construction would save a model that does not load back."""
+    assert isinstance(make_norm("rmsnorm", 4, 1e-5), torch.nn.RMSNorm)
+    allowed = "allowed values: 'layernorm', 'rmsnorm'"
+    with pytest.raises(ValueError, match=f"norm_type='batchnorm' is not supported; {allowed}"):
+        make_norm("batchnorm", 4, 1e-5)
 
 
 def test_masked_softmax_is_finite_in_fp16_and_bf16():

@@ -230,3 +230,74 @@ def test_return_dict_false_gives_tuples_in_hugging_face_order(padded_batch):
         assert isinstance(base, tuple) and torch.equal(base[0], model.model(**padded_batch).last_hidden_state)
         encoder = model.get_encoder()(input_ids=padded_batch["input_ids"], return_dict=False)
         assert isinstance(encoder, tuple) and len(encoder) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mistakes that used to pass silently or fail late, far from their cause
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("search", [dict(), dict(num_beams=2)], ids=["greedy", "beam"])
+def test_generate_past_the_position_table_fails_before_decoding(padded_batch, search):
+    """max_new_tokens beyond max_position_embeddings is refused before the first decoder step (it used to fail at
+    step 9, output lost, blaming the input); the exact limit still generates."""
+    model = make_model(max_position_embeddings=8)
+    steps = []
+    model.get_decoder().register_forward_pre_hook(lambda *_: steps.append(1))
+    inputs = {"input_ids": padded_batch["input_ids"][:, :6], "attention_mask": padded_batch["attention_mask"][:, :6]}
+    message = (r"max_length=10 \(the decoder prompt's 1 token\(s\) \+ max_new_tokens\) needs 9 decoder positions, "
+               r"more than the decoder's position table has \(max_position_embeddings=8\); pass max_new_tokens <= 8")
+    for lengths in (dict(max_new_tokens=9), dict(max_length=10)):
+        with pytest.raises(ValueError, match=message):
+            model.generate(**inputs, **lengths, **search)
+    assert steps == []
+    out = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, **search)
+    assert out.shape == (3, 9)  # start token + 8: the decoder embedded positions 0 ... 7
+
+
+def test_labels_need_one_row_per_source(padded_batch):
+    """k decoder rows per source are generation's beams; with labels (a loss) they are a batch mistake."""
+    model = make_model()
+    source, labels = padded_batch["input_ids"][:2], padded_batch["decoder_input_ids"]
+    doubled = torch.cat([labels[:2], labels[:2]])
+    with pytest.raises(ValueError, match="labels have 4 rows, the source 2 and the decoder inputs 4; with labels pass "
+                                         "one row of labels .* per source"):
+        model(input_ids=source, labels=doubled)
+    with pytest.raises(ValueError, match="labels have 2 rows, the source 2 and the decoder inputs 4"):
+        model(input_ids=source, decoder_input_ids=doubled, labels=labels[:2])
+    encoder_outputs = model.get_encoder()(input_ids=source)
+    with pytest.raises(ValueError, match="labels have 4 rows, the source 2"):
+        model(encoder_outputs=encoder_outputs, labels=doubled)
+    assert model(input_ids=source, labels=labels[:2]).loss is not None
+    shared = model(encoder_outputs=encoder_outputs, decoder_input_ids=doubled)  # without labels: beams, allowed
+    assert shared.logits.shape[0] == 4
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_a_source_row_that_masks_every_token_is_refused(padded_batch, attn_implementation):
+    """Eager and sdpa used to give such a row different outputs (softmax over no key); now both name the row."""
+    model = sf.ScratchTransformerForConditionalGeneration._from_config(
+        tiny_transformer_config(), attn_implementation=attn_implementation
+    ).eval()
+    source, decoder_input_ids = padded_batch["input_ids"], padded_batch["decoder_input_ids"]
+    mask = padded_batch["attention_mask"].clone()
+    mask[2] = 0
+    message = "attention_mask row 2 masks every source token"
+    with pytest.raises(ValueError, match=message):
+        model(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input_ids)
+    with pytest.raises(ValueError, match=message):
+        model.generate(input_ids=source, attention_mask=mask, max_new_tokens=3)
+    encoder_outputs = model.get_encoder()(input_ids=source, attention_mask=padded_batch["attention_mask"])
+    with pytest.raises(ValueError, match=message):  # cross-attention with a given encoder output
+        model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoder_input_ids)
+
+
+def test_labels_without_pad_token_id_name_the_fix(padded_batch):
+    model = make_model(pad_token_id=None)
+    message = r"needs pad_token_id \(got None; it replaces the -100 of ignored positions\).*config.pad_token_id"
+    with pytest.raises(ValueError, match=message):
+        model(input_ids=padded_batch["input_ids"], labels=padded_batch["decoder_input_ids"])
+    with pytest.raises(ValueError, match="needs pad_token_id"):
+        shift_tokens_right(padded_batch["decoder_input_ids"], None, 1)
+    # Decoder inputs given: no shift, no pad id needed.
+    out = model(input_ids=padded_batch["input_ids"], decoder_input_ids=padded_batch["decoder_input_ids"],
+                labels=padded_batch["decoder_input_ids"])
+    assert torch.isfinite(out.loss)

@@ -29,6 +29,7 @@ from .modeling_transformer import (
     ScratchTransformerPreTrainedModel,
 )
 from .modeling_vit import ScratchViTForImageClassification, ScratchViTModel, ScratchViTPreTrainedModel
+from .pipeline_image_classification import ImageClassificationPipeline
 from .pipeline_translation import TranslationPipeline, translation_languages
 from .tokenization import train_tokenizer
 from .visualization import plot_attention, plot_vit_attention
@@ -73,6 +74,10 @@ def _check_task(task: str, _registry_check_task=PIPELINE_REGISTRY.check_task):
 
 PIPELINE_REGISTRY.check_task = _check_task
 
+# The image-classification pipeline, for our processor: 4-D batches and 16-bit / float images read right (other
+# models' processors get transformers' pipeline unchanged). Assigned, not re-registered: that would log a warning.
+PIPELINE_REGISTRY.supported_tasks["image-classification"]["impl"] = ImageClassificationPipeline
+
 __all__ = [
     "ScratchTransformerConfig",
     "ScratchTransformerModel",
@@ -86,6 +91,7 @@ __all__ = [
     "make_image_processor",
     "train_tokenizer",
     "TranslationPipeline",
+    "ImageClassificationPipeline",
     "diverse_beam_search",
     "constrained_beam_search",
     "PhrasalConstraint",

@@ -6,24 +6,37 @@
     scratchformers upgrade MODEL_DIR                                 # current model code into an old checkpoint
 
 Output line ``i`` belongs to input ``i`` (line breaks and tabs inside a translation are printed as spaces); with
-``--num_return_sequences n`` the ``n`` candidates of an input share its line, separated by tabs. Mistakes in the command (a missing directory, a directory without a model, a model of
-the wrong kind) exit with status 2 and a one-line message.
+``--num_return_sequences n`` the ``n`` candidates of an input share its line, separated by tabs.
+
+Every failure a user can cause prints one line ``scratchformers: error: <problem and fix>`` on stderr and exits with
+status 2, never a traceback: a missing directory, a directory without a model or of the wrong kind, weights that do
+not match ``config.json`` (missing, unexpected or wrong-shape tensors: the model would otherwise run with random
+weights), a corrupt weight file, an unavailable ``--device``, stdin that is not text in the locale's encoding (UTF-8).
+``classify`` reports an unreadable image on its own line, goes on with the other images and exits with status 2 at the
+end, so every readable image is still classified.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
+import pickle
 import sys
-from itertools import islice
+import warnings
+from contextlib import contextmanager
+from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 PROG = "scratchformers"
 
 
 class CLIError(Exception):
-    """A mistake in the command line: reported as one line on stderr, exit status 2."""
+    """A failure the user can fix (the command, its files, the device, the input): reported as one line on stderr,
+    exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -88,9 +101,127 @@ def load_config(model_dir: str):
         raise CLIError(f"'{model_dir}' does not hold a model this package can load: {first_line(error)}") from error
 
 
+def check_device(device: Optional[str]) -> Optional[str]:
+    """``device`` unchanged if this machine has it (``None``: the pipeline's default), else a ``CLIError``: checked
+    before anything is loaded, so a typo or a missing GPU costs no loading time and gives no traceback."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps") or (parsed.type == "mps" and parsed.index):
+        raise CLIError(f"--device {device} is not a device (cpu, cuda, cuda:N, mps)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: no CUDA GPU is available; use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise CLIError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device}: no MPS (Apple GPU) is available; use --device cpu")
+    return device
+
+
+@contextmanager
+def warnings_only_on_success() -> Iterator[None]:
+    """Hold back the warnings raised inside the block and show them only if it succeeds: a load that fails prints
+    its one-line error, not also the warnings of the half-done load (e.g. torch's about an odd pickle)."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno, warning.file,
+                             warning.line)
+
+
+def load_model(auto_class: Any, model_dir: str) -> Any:
+    """``auto_class.from_pretrained(model_dir)``, with every loading problem a ``CLIError``.
+
+    transformers only logs (as a warning this command hides) checkpoint tensors that are missing or unexpected, and
+    fills missing ones with random values: here they are errors, like a tensor of the wrong shape, because a model
+    running on partly random weights prints confident garbage. Tied weights (the output projection that shares the
+    embedding, saved once) are not missing: transformers leaves them out of the report.
+    """
+    try:
+        with warnings_only_on_success():
+            model, info = auto_class.from_pretrained(model_dir, output_loading_info=True,
+                                                     ignore_mismatched_sizes=True)  # reported below, not raised
+    except (OSError, ValueError) as error:
+        raise CLIError(f"could not load the model in '{model_dir}': {first_line(error)}") from error
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:  # torch.load of a damaged pytorch_model.bin
+        raise CLIError(
+            f"the weights in '{model_dir}' are corrupt or not a PyTorch checkpoint ({type(error).__name__}: "
+            f"{first_sentence(error)}): save the model again with save_pretrained, or copy the directory again"
+        ) from error
+    # A tensor transformers neither loaded nor initialised (it stays on the meta device) is missing too, reported or
+    # not: transformers 5.24 drops a missing embedding that other modules share (module tying) from the report.
+    left_empty = {name for name, tensor in chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta}
+    problems = weight_problems({**info, "missing_keys": set(info.get("missing_keys") or ()) | left_empty})
+    if problems:
+        raise CLIError(
+            f"the weights in '{model_dir}' do not match its config.json ({'; '.join(problems)}): re-save the model "
+            "with save_pretrained, or use the config.json it was saved with"
+        )
+    return model
+
+
+def weight_problems(info: dict) -> list[str]:
+    """The loading report of ``from_pretrained(..., output_loading_info=True)`` as short phrases (empty: none)."""
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(some(info["missing_keys"], "tensor{s} missing"))
+    if info.get("unexpected_keys"):
+        problems.append(some(info["unexpected_keys"], "unexpected tensor{s}"))
+    if info.get("mismatched_keys"):
+        shapes = {name: f"{name} {tuple(saved)} instead of {tuple(expected)}"
+                  for name, saved, expected in info["mismatched_keys"]}
+        problems.append(some(shapes, "tensor{s} of the wrong shape", describe=shapes.get))
+    problems.extend(message.strip().splitlines()[0] for message in info.get("error_msgs") or [] if message.strip())
+    return problems
+
+
+def some(names: Collection[str], label: str, shown: int = 3, describe: Callable[[str], str] = str) -> str:
+    """``"2 tensors missing: a, b"``, ``"12 tensors missing: a, b, c, ..."``: a count and the first few names (sorted),
+    on one line; ``{s}`` in ``label`` is the plural's s."""
+    ordered = sorted(names)
+    listed = ", ".join(describe(name) for name in ordered[:shown]) + (", ..." if len(ordered) > shown else "")
+    return f"{len(ordered)} {label.format(s='' if len(ordered) == 1 else 's')}: {listed}"
+
+
+def on_device(make: Callable[[], T], device: Optional[str]) -> T:
+    """``make()`` (a pipeline, which moves the model to ``device``), with a failure to do so a ``CLIError``."""
+    try:
+        return make()
+    except (RuntimeError, ValueError) as error:  # CUDA out of memory or a broken driver, xpu/hpu not available
+        raise CLIError(f"could not put the model on {device or 'the default device'}: {first_line(error)}; "
+                       "try --device cpu") from error
+
+
+def run_model(call: Callable[[], T], device: Optional[str], what: str) -> T:
+    """``call()`` (the model at work), with the errors of its device a ``CLIError``."""
+    import torch
+
+    try:
+        return call()
+    except torch.cuda.OutOfMemoryError as error:  # torch.OutOfMemoryError from torch 2.5 on
+        raise CLIError(f"out of memory on {device or 'the default device'} while {what}: use a smaller --batch_size "
+                       "(or --num_beams), or --device cpu") from error
+    except RuntimeError as error:
+        raise CLIError(f"failed on {device or 'the default device'} while {what}: {first_line(error)}") from error
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def first_sentence(error: BaseException) -> str:
+    """The first sentence of ``first_line(error)``: torch's messages go on for several."""
+    line = first_line(error)
+    end = line.find(". ")
+    return line[: end + 1] if end > 0 else line
 
 
 def quiet_transformers() -> None:
@@ -110,6 +241,7 @@ def translate(args: argparse.Namespace) -> int:
 
     from .pipeline_translation import TranslationPipeline
 
+    device = check_device(args.device)
     config = load_config(args.model_dir)
     if type(config) not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
         raise CLIError(
@@ -120,32 +252,79 @@ def translate(args: argparse.Namespace) -> int:
         raise CLIError(f"--num_return_sequences {args.num_return_sequences} needs --num_beams >= it")
     if args.num_beams is None and args.num_return_sequences > 1:
         raise CLIError("--num_return_sequences > 1 needs --num_beams (greedy search finds one translation)")
+    for number, text in enumerate(args.texts, 1):
+        bad = not_text(text)
+        if bad:
+            raise not_text_error(f"TEXT argument {number}", sys.getfilesystemencoding(), bad)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     except (OSError, ValueError) as error:
         raise CLIError(f"no usable tokenizer in '{args.model_dir}' (save it next to the model): {first_line(error)}")
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"could not load the model in '{args.model_dir}': {first_line(error)}") from error
+    model = load_model(AutoModelForSeq2SeqLM, args.model_dir)
 
     generate_kwargs = {"num_return_sequences": args.num_return_sequences}
     if args.num_beams is not None:
         generate_kwargs["num_beams"] = args.num_beams
     if args.max_new_tokens is not None:
         generate_kwargs["max_new_tokens"] = args.max_new_tokens
-    translator = TranslationPipeline(model=model, tokenizer=tokenizer, device=args.device, task="translation")
+    translator = on_device(
+        lambda: TranslationPipeline(model=model, tokenizer=tokenizer, device=device, task="translation"), device)
 
-    texts: Iterable[str] = args.texts if args.texts else (line.rstrip("\r\n") for line in sys.stdin)
+    texts: Iterable[str] = args.texts if args.texts else stdin_lines()
     for batch in batched(texts, args.batch_size):
         try:
-            results = translator(batch, batch_size=args.batch_size, **generate_kwargs)
+            results = run_model(lambda: translator(batch, batch_size=args.batch_size, **generate_kwargs), device,
+                                f"translating {len(batch)} sentence(s)")
         except ValueError as error:
             raise CLIError(first_line(error)) from error
         for records in results:
             records = records if isinstance(records, list) else [records]
             print("\t".join(one_line(record["translation_text"]) for record in records), flush=True)
     return 0
+
+
+def stdin_lines() -> Iterator[str]:
+    """The lines of stdin without their line break, read as they arrive; bytes that are not text are a ``CLIError``.
+
+    Depending on the locale, Python either fails to decode such bytes (``UnicodeDecodeError``) or passes them on as
+    lone surrogates (``surrogateescape``), which the tokenizer crashes on: both end here, as one line.
+    """
+    encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
+    try:
+        for number, line in enumerate(sys.stdin, 1):
+            bad = not_text(line)
+            if bad:
+                raise not_text_error("stdin", encoding, f"{bad} on line {number}")
+            yield line.rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise not_text_error("stdin", error.encoding, f"byte 0x{error.object[error.start]:02x}") from None
+
+
+def not_text(text: str) -> Optional[str]:
+    """What in ``text`` is not text (``"byte 0xe9"``: a byte Python could not decode and kept as a lone surrogate),
+    or ``None`` when it all is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(error.object[error.start])
+        return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+    return None
+
+
+def not_text_error(where: str, encoding: str, what: str) -> CLIError:
+    """``where`` (stdin, a TEXT argument) holds ``what``, which is not text in ``encoding``: say so, and the fix."""
+    name = encoding_name(encoding)
+    return CLIError(f"{where} is not {name} text ({what}): convert it to {name} first, e.g. with "
+                    f"`iconv -f latin1 -t {name.lower()}` if it is Latin-1")
+
+
+def encoding_name(encoding: str) -> str:
+    """``"UTF-8"`` for any spelling of it, else the codec's name: for messages."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return encoding
+    return "UTF-8" if name == "utf-8" else name
 
 
 def one_line(text: str) -> str:
@@ -164,9 +343,12 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
 # classify
 # --------------------------------------------------------------------------------------------------------------
 def classify(args: argparse.Namespace) -> int:
-    from transformers import pipeline
+    """Print the top labels of every readable image; an unreadable one is reported and skipped (exit status 2 at the
+    end). A path that does not exist is a typo in the command: it stops before the model is loaded."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
+    device = check_device(args.device)
     config = load_config(args.model_dir)
     if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
         raise CLIError(
@@ -177,21 +359,40 @@ def classify(args: argparse.Namespace) -> int:
         if not Path(image).is_file():
             raise CLIError(f"image '{image}' does not exist")
     try:
-        classifier = pipeline("image-classification", model=args.model_dir, device=args.device)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CLIError(f"could not load the image classifier in '{args.model_dir}': {first_line(error)}") from error
+        processor = AutoImageProcessor.from_pretrained(args.model_dir)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"no usable image processor in '{args.model_dir}' (save it next to the model): "
+                       f"{first_line(error)}") from error
+    model = load_model(AutoModelForImageClassification, args.model_dir)
+    classifier = on_device(
+        lambda: pipeline("image-classification", model=model, image_processor=processor, device=device), device)
 
-    from PIL import Image, UnidentifiedImageError
-
+    unreadable = 0
     for image in args.images:
         try:
-            with Image.open(image) as opened:
-                predictions = classifier(opened.convert("RGB"), top_k=args.top_k)
-        except UnidentifiedImageError as error:
-            raise CLIError(f"'{image}' is not an image file this program can read") from error
+            pixels = read_image(image)
+        except CLIError as error:
+            report(error)
+            unreadable += 1
+            continue
+        predictions = run_model(lambda: classifier(pixels, top_k=args.top_k), device, f"classifying '{image}'")
         for prediction in predictions:
             print(f"{image}\t{prediction['label']}\t{prediction['score']:.4f}", flush=True)
-    return 0
+    return 2 if unreadable else 0
+
+
+def read_image(path: str) -> Any:
+    """The image at ``path`` decoded to RGB now (PIL decodes lazily), or a ``CLIError`` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except UnidentifiedImageError as error:
+        raise CLIError(f"'{path}' is not an image file this program can read: skipped it") from error
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise CLIError(f"'{path}' is a damaged or truncated image ({first_line(error)}): skipped it; save or copy "
+                       "it again") from error
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -212,6 +413,11 @@ def upgrade(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
+def report(error: CLIError) -> None:
+    """``error`` as the one line on stderr that every failure gets."""
+    print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -219,7 +425,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         quiet_transformers()
         return {"translate": translate, "classify": classify, "upgrade": upgrade}[args.command](args)
     except CLIError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        report(error)
         return 2
     except KeyboardInterrupt:
         return 130

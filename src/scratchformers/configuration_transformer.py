@@ -13,6 +13,7 @@ from .layers import (
     check_choice,
     check_heads,
     check_positive,
+    check_positive_number,
     check_probability,
 )
 from .remote_code import ModelTypeCheckMixin, register_model_type
@@ -34,6 +35,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         position_embedding: "sinusoidal" (fixed, paper) or "learned".
         scale_embedding: multiply token embeddings by √d_model before adding positions (paper).
         norm_type: "layernorm" or "rmsnorm"; norm_position: "post" (paper) or "pre".
+        layer_norm_eps: the ε added to the variance in every norm (> 0).
         attention_scoring: "scaled_dot" (paper) or "additive" (Bahdanau; eager attention only).
         attention_bias: biases in the q/k/v/out projections.
         output_bias: a bias on the output projection (carried over from Marian's ``final_logits_bias``).
@@ -130,8 +132,8 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
             check_probability(name, getattr(self, name))
         if self.position_embedding == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"position_embedding='sinusoidal' needs an even d_model, got d_model={self.d_model}.")
-        if not self.init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
+        for name in ("layer_norm_eps", "init_std"):  # eps <= 0: NaN from 1/sqrt(var + eps) in the norms
+            check_positive_number(name, getattr(self, name))
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             for token_id in value if isinstance(value, (list, tuple)) else [value]:

@@ -11,6 +11,7 @@ from .layers import (
     check_choice,
     check_heads,
     check_positive,
+    check_positive_number,
     check_probability,
 )
 from .remote_code import ModelTypeCheckMixin, register_model_type
@@ -118,10 +119,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
             check_probability(name, getattr(self, name))
         if not isinstance(self.qkv_bias, bool):
             raise ValueError(f"qkv_bias must be True or False, got {self.qkv_bias!r}.")
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"init_std must be > 0, got {self.init_std!r}.")
+        for name in ("layer_norm_eps", "init_std"):  # eps <= 0: NaN from 1/sqrt(var + eps) in the norms
+            check_positive_number(name, getattr(self, name))
         check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
 
 

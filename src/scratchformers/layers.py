@@ -73,6 +73,8 @@ def build_attention_mask(
         # that the graph does not break here.
         if torch.compiler.is_compiling() or not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]
+            if not causal:
+                check_every_row_attends(attention_mask)
     if causal and query_length > 1:
         device = attention_mask.device if attention_mask is not None else None
         query_pos = torch.arange(past_length, past_length + query_length, device=device)[:, None]
@@ -80,6 +82,24 @@ def build_attention_mask(
         causal_mask = (key_pos <= query_pos)[None, None]
         mask = causal_mask if mask is None else mask & causal_mask
     return mask
+
+
+def check_every_row_attends(attention_mask: torch.Tensor) -> None:
+    """Refuse a padding mask with a row of zeros: its queries would have no key to attend to.
+
+    Softmax over nothing is undefined, and the kernels disagree on it (eager averages every value, torch's sdpa
+    returns zeros on CPU, some GPU kernels have returned NaN): the row's output would depend on the kernel.
+    Left out under torch.compile (a host sync).
+    """
+    if torch.compiler.is_compiling():
+        return
+    empty = (attention_mask == 0).all(-1).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"attention_mask row {empty[0]} masks every source token, so that row has nothing to attend to. "
+            "Give every source at least one token (an empty text still gets its EOS token from the tokenizer), "
+            "or leave that row out of the batch."
+        )
 
 
 def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -362,7 +382,9 @@ class FeedForward(nn.Module):
 
 
 def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
-    """LayerNorm (centre and scale, with bias) or RMSNorm (scale only)."""
+    """LayerNorm (centre and scale, with bias) or RMSNorm (scale only); any other ``norm_type`` is refused (a config
+    edited after construction is not validated again)."""
+    check_choice("norm_type", norm_type, NORM_TYPES)
     if norm_type == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
     return nn.RMSNorm(dim, eps=eps)
@@ -494,6 +516,11 @@ def check_positive(name: str, value) -> None:
 def check_probability(name: str, value) -> None:
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
+
+
+def check_positive_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
 
 
 def check_heads(dim_name: str, dim: int, heads_name: str, heads: int) -> None:

@@ -40,7 +40,16 @@ from .layers import (
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    """Teacher forcing: the decoder sees ``<start> y_1 ... y_{n-1}`` and predicts ``y_1 ... y_n``."""
+    """Teacher forcing: the decoder sees ``<start> y_1 ... y_{n-1}`` and predicts ``y_1 ... y_n``.
+
+    Ignored label positions (-100) become ``pad_token_id``, so the config must have one.
+    """
+    if pad_token_id is None or decoder_start_token_id is None:
+        raise ValueError(
+            f"Deriving decoder_input_ids from labels needs pad_token_id (got {pad_token_id!r}; it replaces the -100 "
+            f"of ignored positions) and decoder_start_token_id (got {decoder_start_token_id!r}). Set them in the "
+            "config (e.g. config.pad_token_id = tokenizer.pad_token_id), or pass decoder_input_ids yourself."
+        )
     shifted = labels.new_zeros(labels.shape)
     shifted[:, 1:] = labels[:, :-1].clone()
     shifted[:, 0] = decoder_start_token_id
@@ -62,6 +71,24 @@ def check_rows_per_source(
         raise ValueError(
             f"The encoder attention mask has {encoder_attention_mask.shape[0]} rows but the encoder output has "
             f"{sources}; pass the attention mask the encoder was run with."
+        )
+
+
+def check_label_rows(
+    labels: torch.Tensor, source: Optional[torch.Tensor], decoder_inputs: Optional[torch.Tensor]
+) -> None:
+    """With labels (a loss) every decoder row is an example of its own: one row per source. The ``k`` rows per
+    source that ``check_rows_per_source`` allows are generation's beams, which never come with labels.
+
+    ``source``: input_ids, inputs_embeds or the encoder output; ``decoder_inputs``: decoder_input_ids or embeds.
+    """
+    rows = labels.shape[0]
+    sources = rows if source is None else source.shape[0]  # no source at all: the encoder reports it
+    decoder_rows = rows if decoder_inputs is None else decoder_inputs.shape[0]
+    if sources != rows or decoder_rows != rows:
+        raise ValueError(
+            f"labels have {rows} rows, the source {sources} and the decoder inputs {decoder_rows}; with labels "
+            "pass one row of labels (and of decoder_input_ids) per source: the batch size of input_ids."
         )
 
 
@@ -476,6 +503,24 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
         return input_ids, {**model_kwargs, **shared}
 
+    def _validate_generated_length(self, generation_config, input_ids_length: int, has_default_max_length: bool):
+        """transformers' checks of the requested length, plus one: refuse, before decoding, a ``max_length`` that
+        would run the decoder past its position table (instead of failing at that step, output lost).
+
+        The decoder embeds every token but the last, so ``max_length`` tokens need ``max_length - 1`` positions.
+        (A default length is already capped at ``max_position_embeddings`` by transformers.)
+        """
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        positions, max_length = self.config.max_position_embeddings, generation_config.max_length
+        if max_length - 1 > positions:
+            most = positions + 1 - input_ids_length
+            fix = f"pass max_new_tokens <= {most}" if most > 0 else f"shorten the decoder prompt to {positions} tokens"
+            raise ValueError(
+                f"max_length={max_length} (the decoder prompt's {input_ids_length} token(s) + max_new_tokens) needs "
+                f"{max_length - 1} decoder positions, more than the decoder's position table has "
+                f"(max_position_embeddings={positions}); {fix}."
+            )
+
     @accepts_cache_alias
     def forward(
         self,
@@ -502,7 +547,12 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         """
         if labels is not None:
             use_cache = False
-            if decoder_input_ids is None and decoder_inputs_embeds is None:
+            source = input_ids if input_ids is not None else inputs_embeds
+            if source is None and encoder_outputs is not None:
+                source = encoder_outputs[0]  # the encoder's last hidden state
+            decoder = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+            check_label_rows(labels, source, decoder)
+            if decoder is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs = self.model(
             input_ids=input_ids,

@@ -1,0 +1,54 @@
+"""transformers' "image-classification" pipeline, without the two ways it loses images.
+
+For models whose image processor reads every image mode (``reads_every_image_mode``, as ScratchViT's does); other
+models get transformers' pipeline unchanged.
+
+- A 4-D array or tensor (N x H x W x C or N x C x H x W) is a batch: one prediction per image. transformers runs it
+  as a single input and returns the first image's prediction only. An empty image or batch is a ValueError.
+- Paths, URLs and PIL images reach the processor in their own mode. transformers' ``load_image`` converts them to
+  8-bit RGB first, which saturates 16-bit images, blackens float ones and drops transparency.
+
+``scratchformers`` registers it for the task, so ``pipeline("image-classification", model=...)`` returns it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import PIL.Image
+from transformers.image_utils import load_image
+from transformers.pipelines.image_classification import ImageClassificationPipeline as _ImageClassificationPipeline
+
+from .image_processing_vit import check_not_empty, exif_upright, open_image
+
+
+class ImageClassificationPipeline(_ImageClassificationPipeline):
+    """``transformers.ImageClassificationPipeline`` that classifies each image of a 4-D batch and hands images to
+    a ``reads_every_image_mode`` processor unconverted (see the module docstring)."""
+
+    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
+        """As transformers' ``__call__``; a 4-D array or tensor is a list of images (one result each)."""
+        if not getattr(self.image_processor, "reads_every_image_mode", False):
+            return super().__call__(inputs, **kwargs)  # other models: transformers' pipeline, unchanged
+        if "images" in kwargs:
+            inputs = kwargs.pop("images")
+        check_not_empty(inputs)  # a batch of no images would give no prediction, silently
+        if getattr(inputs, "ndim", None) == 4 and not isinstance(inputs, PIL.Image.Image):
+            inputs = list(inputs)  # a batch: one prediction per image, as for a list
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, image: Any, timeout: float | None = None) -> Any:
+        """transformers' preprocessing, except that a ``reads_every_image_mode`` processor gets paths (opened) and
+        PIL images (turned upright by EXIF, as ``load_image`` does) in their own mode, not as 8-bit RGB."""
+        if not getattr(self.image_processor, "reads_every_image_mode", False):
+            return super().preprocess(image, timeout=timeout)
+        if isinstance(image, str):
+            image = open_image(image, timeout=timeout)
+        elif isinstance(image, PIL.Image.Image):
+            image = exif_upright(image)
+        elif not hasattr(image, "ndim"):  # not an array or tensor either
+            load_image(image, timeout=timeout)  # raises transformers' TypeError
+        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)
+
+
+__all__ = ["ImageClassificationPipeline"]
