@@ -165,6 +165,32 @@ def test_output_dir_with_another_model_type_is_refused_untouched(tiny_files, tmp
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_a_folder_of_the_users_own_files_is_not_trained_into(tiny_files, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "all_results.json").write_text("{}")
+    before = {p.name: digest(p) for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="is not empty and holds no run of this script .*README.md.*--overwrite_output_dir"):
+        run.main(tiny_args(tiny_files, out, tmp_path / "c"))
+    assert {p.name: digest(p) for p in out.iterdir()} == before
+
+
+def test_overwrite_output_dir_removes_the_previous_models_files_and_keeps_the_users(tiny_files, tmp_path):
+    out = tmp_path / "vit_out"
+    out.mkdir()
+    for name in ("config.json", "modeling_vit.py", "configuration_vit.py", "preprocessor_config.json"):
+        (out / name).write_text(json.dumps({"model_type": "scratch_vit"}) if name == "config.json" else "old")
+    (out / "checkpoint-9").mkdir()
+    (out / "notes.txt").write_text("mine")
+    options = ("--num_samples", "0", "--do_eval", "False", "--do_predict", "False", "--eval_strategy", "no")
+    run.main(tiny_args(tiny_files, out, tmp_path / "c", "--overwrite_output_dir", "True", *options))
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"modeling_vit.py", "configuration_vit.py", "preprocessor_config.json", "checkpoint-9"}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "scratch_transformer"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A complete, shareable output directory
 # --------------------------------------------------------------------------------------------------------------
@@ -279,6 +305,7 @@ def test_a_half_written_checkpoint_is_skipped_and_set_aside(tiny_files, tmp_path
     partial = out / "checkpoint-4"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")  # killed before trainer_state.json was written
+    (partial / "config.json").write_text('{"model_ty')  # ... and while config.json was written: not another model
     for name in ("train_results.json", "model.safetensors"):
         (out / name).unlink()
     run.main(tiny_args(tiny_files, out, tmp_path / "c", *options))

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import string
 import sys
 import re
@@ -266,19 +267,30 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
     expected = MODEL_TYPES[task]
     configs = [Path(output_dir) / "config.json", *sorted(Path(output_dir).glob("checkpoint-*/config.json"))]
     for config_file in configs:
-        if not config_file.is_file():
-            continue
         try:
             model_type = json.loads(config_file.read_text()).get("model_type")
         except (OSError, ValueError):
-            model_type = "<unreadable config.json>"
+            continue  # absent, or half-written by an interrupted save: not another model
         if model_type != expected and not legacy_args.overwrite_output_dir:
             raise ValueError(
                 f"--output_dir {output_dir} holds a {model_type!r} model ({config_file}), not a {expected!r} one for "
                 f"--task {task}. Choose another --output_dir (or pass --overwrite_output_dir to replace it)."
             )
-    if legacy_args.overwrite_output_dir or not training_args.do_train:
+    if not training_args.do_train:
         return None
+    if legacy_args.overwrite_output_dir:
+        with training_args.main_process_first(desc="removing the previous run", local=False):
+            if training_args.process_index == 0:
+                remove_previous_run(output_dir)
+        return None
+    entries = sorted(p.name for p in Path(output_dir).iterdir())
+    foreign = [name for name in entries if not (name.startswith("checkpoint-") or name == "runs")]
+    if foreign and not (Path(output_dir) / "config.json").is_file() and len(foreign) == len(entries):
+        raise ValueError(
+            f"--output_dir {output_dir} is not empty and holds no run of this script ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}). Choose a new or empty --output_dir, or pass "
+            "--overwrite_output_dir to train there (the files a run writes are then replaced, the others kept)."
+        )
     if training_args.resume_from_checkpoint:
         return None
     with training_args.main_process_first(desc="checking the checkpoints", local=False):
@@ -294,6 +306,28 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
             "or pass --overwrite_output_dir."
         )
     return last_checkpoint
+
+
+# What a run writes into its output_dir besides the checkpoints and the package's module files.
+RUN_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
+    "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
+    "test_results.json", "README.md",
+)
+
+
+def remove_previous_run(output_dir: str) -> None:
+    """--overwrite_output_dir: remove what an earlier run (of either task) wrote, so that no file of the old model
+    stays beside the new one; files this script never writes are kept."""
+    module_files = {path.name for path in Path(scratchformers.__file__).parent.glob("*.py")}
+    for path in Path(output_dir).iterdir():
+        if path.is_dir() and (path.name.startswith("checkpoint-") or path.name == "runs"):
+            shutil.rmtree(path)
+        elif path.is_file() and (path.name in RUN_FILES or path.name in module_files
+                                 or re.fullmatch(r"model-\d+-of-\d+\.safetensors", path.name)):
+            path.unlink()
+    logger.info(f"--overwrite_output_dir: removed the previous run's files from {output_dir}")
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
