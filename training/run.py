@@ -284,11 +284,11 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
                 remove_previous_run(output_dir)
         return None
     entries = sorted(p.name for p in Path(output_dir).iterdir())
-    foreign = [name for name in entries if not (name.startswith("checkpoint-") or name == "runs")]
-    if foreign and not (Path(output_dir) / "config.json").is_file() and len(foreign) == len(entries):
+    run_entries = [name for name in entries if name.startswith("checkpoint-") or name == "runs"]
+    if not run_entries and not (Path(output_dir) / "config.json").is_file():
         raise ValueError(
-            f"--output_dir {output_dir} is not empty and holds no run of this script ({', '.join(foreign[:5])}"
-            f"{', ...' if len(foreign) > 5 else ''}). Choose a new or empty --output_dir, or pass "
+            f"--output_dir {output_dir} is not empty and holds no run of this script ({', '.join(entries[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}). Choose a new or empty --output_dir, or pass "
             "--overwrite_output_dir to train there (the files a run writes are then replaced, the others kept)."
         )
     if training_args.resume_from_checkpoint:
@@ -790,10 +790,11 @@ def train_evaluate_save(job: Job, training_args, model_source: Optional[str] = N
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         results.update(metrics)
-    train_results = Path(training_args.output_dir) / "train_results.json"
-    if not training_args.do_train and same_directory(model_source, training_args.output_dir) and train_results.is_file():
-        results.update(json.loads(train_results.read_text()))  # a finished run evaluated again: its training figures
-    if not training_args.do_train and not same_directory(model_source, training_args.output_dir):
+    if not training_args.do_train and same_directory(model_source, training_args.output_dir):
+        train_results = Path(training_args.output_dir) / "train_results.json"
+        if train_results.is_file():  # a finished run evaluated again: its training figures
+            results.update(json.loads(train_results.read_text()))
+    elif not training_args.do_train:
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
         trainer.save_model()  # evaluation-only runs still leave a complete, loadable directory
@@ -809,10 +810,10 @@ def whole_run_loss(state: dict, resumed_loss: float, global_step: int) -> float:
     after the resume only; the steps before come from the checkpoint's logged losses (exact when
     ``logging_steps`` divides the resume step, else their logged mean stands in for the unlogged tail)."""
     resumed_at = state["global_step"]
-    total, covered, previous = 0.0, 0, 0
+    total, covered = 0.0, 0  # summed loss over the logged steps, and the last logged step
     for entry in state.get("log_history", []):
         if "loss" in entry and entry["step"] <= resumed_at:
-            total, covered, previous = total + entry["loss"] * (entry["step"] - previous), entry["step"], entry["step"]
+            total, covered = total + entry["loss"] * (entry["step"] - covered), entry["step"]
     if not covered or global_step <= resumed_at:
         return resumed_loss
     return (total / covered * resumed_at + resumed_loss * (global_step - resumed_at)) / global_step
