@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, BertConfig
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, BertConfig
 
 import scratchformers as sf
 from scratchformers.cli import main
@@ -82,6 +83,18 @@ def test_missing_weights_give_a_clear_error(saved):
     os.remove(directory / "model.safetensors")
     with pytest.raises(OSError, match="no file named model.safetensors"):
         AutoModelForSeq2SeqLM.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("auto_class", [AutoModelForSeq2SeqLM, AutoModel])
+def test_weights_without_the_shared_embedding_are_refused(saved, auto_class):
+    """transformers counts a tied weight as loaded when its partner is, so a checkpoint lacking the shared embedding
+    itself loaded without a report and left the embeddings on the meta device."""
+    _, directory = saved
+    tensors = load_file(directory / "model.safetensors")
+    del tensors["model.shared.weight"]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(OSError, match=r"lack .*shared\.weight.*: the checkpoint is incomplete"):
+        auto_class.from_pretrained(directory)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

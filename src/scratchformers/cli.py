@@ -25,7 +25,7 @@ import pickle
 import sys
 import warnings
 from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, Optional, Sequence, TypeVar
 
@@ -155,10 +155,7 @@ def load_model(auto_class: Any, model_dir: str) -> Any:
             f"the weights in '{model_dir}' are corrupt or not a PyTorch checkpoint ({type(error).__name__}: "
             f"{first_sentence(error)}): save the model again with save_pretrained, or copy the directory again"
         ) from error
-    # A tensor transformers neither loaded nor initialised (it stays on the meta device) is missing too, reported or
-    # not: transformers 5.24 drops a missing embedding that other modules share (module tying) from the report.
-    left_empty = {name for name, tensor in chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta}
-    problems = weight_problems({**info, "missing_keys": set(info.get("missing_keys") or ()) | left_empty})
+    problems = weight_problems(info)  # (a missing shared embedding, absent from the report, is refused on loading)
     if problems:
         raise CLIError(
             f"the weights in '{model_dir}' do not match its config.json ({'; '.join(problems)}): re-save the model "

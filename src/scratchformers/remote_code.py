@@ -106,6 +106,7 @@ class CheckedLoadingMixin:
                 f"The weights in {pretrained_model_name_or_path!s} are corrupt or incomplete ({error}). Save the model "
                 "again with save_pretrained, or copy the directory again if it was transferred."
             ) from error
+        check_no_meta_tensors(model[0] if isinstance(model, tuple) else model, pretrained_model_name_or_path)
         if stale_remote_code(pretrained_model_name_or_path):
             warnings.warn(
                 f"The model code saved in {pretrained_model_name_or_path!s} predates transformers 5.24's rename of the "
@@ -117,6 +118,22 @@ class CheckedLoadingMixin:
                 stacklevel=2,
             )
         return model
+
+
+def check_no_meta_tensors(model, source) -> None:
+    """Refuse a model whose weights were not all in the checkpoint yet were not reported missing.
+
+    transformers counts a tied weight as loaded when its partner is; when the checkpoint lacks the shared tensor
+    itself (``model.shared.weight``), both stay on the meta device, with no report and no error until first use.
+    Weights a ``device_map`` offloaded on purpose are left alone."""
+    if set((getattr(model, "hf_device_map", None) or {}).values()) & {"disk", "meta"}:
+        return
+    names = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if names:
+        raise OSError(
+            f"The weights in {source!s} lack {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}: the checkpoint "
+            "is incomplete (it was saved without them or edited). Save the model again with save_pretrained."
+        )
 
 
 def stale_remote_code(model_dir) -> bool:
