@@ -243,5 +243,32 @@ def test_bad_image_folders(tmp_path):
 
     for i in range(6):
         Image.new("L", (8, 8)).save(flat / f"{i}.png")
-    with pytest.raises(DatasetError, match="no label column 'label'.*one sub-folder per class"):
+    with pytest.raises(DatasetError, match="has no sub-folders; a classifier needs at least 2 classes, one sub-folder"):
         load_image_dataset(train_file=str(flat), cache_dir=cache)
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path):
+    """With a single sub-folder, imagefolder gives no label column at all: name the real problem."""
+    one = make_image_folder(tmp_path / "one", classes=("cat",))
+    with pytest.raises(DatasetError, match="has only the sub-folder 'cat'; a classifier needs at least 2 classes"):
+        load_image_dataset(train_file=one, cache_dir=str(tmp_path / "c"))
+
+
+def test_a_class_the_training_data_lacks_is_refused(tmp_path):
+    """imagefolder takes the classes of every split together, so a validation-only class trained silently."""
+    train = make_image_folder(tmp_path / "train", classes=("cat", "dog"))
+    valid = make_image_folder(tmp_path / "valid", classes=("cat", "fox"))
+    with pytest.raises(DatasetError, match=r"The validation data has classes \['fox'\] that the training data does not"):
+        load_image_dataset(train_file=train, validation_file=valid, cache_dir=str(tmp_path / "c"))
+
+
+def test_training_data_of_one_class_is_refused(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i in range(8):
+        Image.new("L", (8, 8), 30 * i).save(tmp_path / f"{i}.png")
+        rows.append({"image": str(tmp_path / f"{i}.png"), "label": "cat"})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DatasetError, match=r"The training data has only the class \['cat'\]; a classifier needs at"):
+        load_image_dataset(train_file=str(tmp_path / "train.jsonl"), cache_dir=str(tmp_path / "c"))

@@ -191,6 +191,51 @@ def test_overwrite_output_dir_removes_the_previous_models_files_and_keeps_the_us
     assert json.loads((out / "config.json").read_text())["model_type"] == "scratch_transformer"
 
 
+def test_evaluation_only_runs_write_results_not_weights(tiny_files, tmp_path, capsys):
+    model = tmp_path / "model"
+    options = ("--num_samples", "1", "--eval_strategy", "no", "--save_strategy", "no", "--max_steps", "2")
+    run.main(tiny_args(tiny_files, model, tmp_path / "c", *options))
+    before = {p.name: digest(p) for p in model.iterdir() if p.is_file()}
+    capsys.readouterr()
+    evaluate = ("--do_train", "False", "--model_name_or_path", str(model), *options)
+
+    results_only = tmp_path / "results"
+    run.main(tiny_args(tiny_files, results_only, tmp_path / "c", *evaluate))
+    assert sorted(p.name for p in results_only.iterdir()) == ["all_results.json", "eval_results.json",
+                                                             "test_results.json"]
+    printed = capsys.readouterr().out
+    assert f"pipeline('translation', model='{model}'" in printed and "the model stays in" in printed
+
+    other_run = tmp_path / "other_run"
+    shutil.copytree(model, other_run)
+    with pytest.raises(SystemExit, match="already holds README.md, all_results.json, config.json, .*overwrite or mix"):
+        run.main(tiny_args(tiny_files, other_run, tmp_path / "c", *evaluate))
+    assert {p.name: digest(p) for p in other_run.iterdir() if p.is_file()} == before
+
+    copy = tmp_path / "copy"
+    run.main(tiny_args(tiny_files, copy, tmp_path / "c", *evaluate, "--save_evaluated_model", "True"))
+    assert digest(copy / "model.safetensors") == before["model.safetensors"] and (copy / "README.md").is_file()
+    assert {p.name: digest(p) for p in model.iterdir() if p.is_file()} == before  # the evaluated model: untouched
+
+
+def test_a_step_budget_of_zero_is_refused(tiny_files, tmp_path):
+    with pytest.raises(SystemExit, match="--max_steps 0 trains nothing"):
+        run.main(tiny_args(tiny_files, tmp_path / "out", tmp_path / "c", "--max_steps", "0"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_of_the_other_task_is_named(tiny_files, tmp_path):
+    """A ViT has no tokenizer: the error is about the model, not about sentencepiece or tiktoken."""
+    from scratchformers import ScratchViTConfig, ScratchViTForImageClassification
+
+    vit = tmp_path / "vit"
+    ScratchViTForImageClassification(ScratchViTConfig(image_size=8, patch_size=4, d_model=16, num_layers=1,
+                                                      num_heads=2, ffn_dim=32, num_labels=2)).save_pretrained(vit)
+    with pytest.raises(SystemExit, match="is a 'scratch_vit' model, not a scratchformers translation model"):
+        run.main(tiny_args(tiny_files, tmp_path / "out", tmp_path / "c", "--model_name_or_path", str(vit)))
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A complete, shareable output directory
 # --------------------------------------------------------------------------------------------------------------

@@ -140,6 +140,11 @@ class ModelArguments:
         default=None, metadata={"help": "Attention kernel: 'sdpa' (default) or 'eager' (needed for additive scoring)."}
     )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache directory for datasets and hub files."})
+    save_evaluated_model: bool = field(
+        default=False,
+        metadata={"help": "With --do_train False: also save the evaluated model (weights, config, tokenizer or "
+                  "processor, model card) into --output_dir; by default such a run writes only its results files."},
+    )
 
 
 @dataclass
@@ -259,7 +264,7 @@ def apply_config_overrides(config, overrides: Optional[str]):
     return config
 
 
-def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
+def check_output_dir(training_args, legacy_args, task: str, model_source: Optional[str]) -> Optional[str]:
     """Refuse an output_dir holding another kind of model; return the checkpoint to resume from, if any."""
     output_dir = training_args.output_dir
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
@@ -277,6 +282,7 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
                 f"--task {task}. Choose another --output_dir (or pass --overwrite_output_dir to replace it)."
             )
     if not training_args.do_train:
+        check_evaluation_output_dir(output_dir, model_source, legacy_args.overwrite_output_dir, training_args)
         return None
     if legacy_args.overwrite_output_dir:
         with training_args.main_process_first(desc="removing the previous run", local=False):
@@ -306,6 +312,25 @@ def check_output_dir(training_args, legacy_args, task: str) -> Optional[str]:
             "or pass --overwrite_output_dir."
         )
     return last_checkpoint
+
+
+def check_evaluation_output_dir(output_dir: str, model_source: Optional[str], overwrite: bool, training_args) -> None:
+    """An evaluation-only run writes results files: into the evaluated model's own directory, an empty one, or,
+    with --overwrite_output_dir, one whose earlier run is removed first; never over another run's files."""
+    if same_directory(model_source, output_dir):
+        return
+    earlier = sorted(path.name for path in Path(output_dir).iterdir()
+                     if path.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(path.name))
+    if earlier and not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir} already holds {', '.join(earlier[:4])}{', ...' if len(earlier) > 4 else ''}, "
+            f"which evaluating {model_source} there would overwrite or mix with. Choose a new or empty --output_dir "
+            "(or pass --overwrite_output_dir to remove that earlier run first)."
+        )
+    if earlier:
+        with training_args.main_process_first(desc="removing the previous run", local=False):
+            if training_args.process_index == 0:
+                remove_previous_run(output_dir)
 
 
 # What a run writes into its output_dir besides the checkpoints and the package's module files.
@@ -407,9 +432,28 @@ def skip_finished_training(model_args, training_args, last_checkpoint: Optional[
         print(f"Training in {output_dir} ended at step {state['global_step']} but the final model was not saved: "
               f"saving it from {source}, then evaluating.")
         model_args.model_name_or_path = source
+        model_args.save_evaluated_model = True
     model_args.config_overrides = None  # the architecture is the saved one
     training_args.do_train = False
     return None
+
+
+def check_model_source(model_args, task: str) -> None:
+    """``--model_name_or_path`` must hold a model of the task's type; checked before its tokenizer or processor
+    is looked for (a ViT has no tokenizer, which would otherwise be the error)."""
+    if not model_args.model_name_or_path:
+        return
+    model_type = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir).model_type
+    if model_type != MODEL_TYPES[task]:
+        kind = {"translation": "translation model", "image-classification": "ViT"}[task]
+        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {model_type!r} model, not a "
+                         f"scratchformers {kind} ({MODEL_TYPES[task]!r}) for --task {task}.")
+
+
+def check_step_budget(training_args) -> None:
+    if training_args.do_train and training_args.max_steps == 0:
+        raise ValueError("--max_steps 0 trains nothing (the Trainer would still take a step): pass a positive "
+                         "--max_steps, or --do_train False with --model_name_or_path to only evaluate.")
 
 
 def setup_logging(training_args) -> None:
@@ -487,9 +531,6 @@ def build_translation_model(model_args, data_args, tokenizer, resume_from: Optio
             )
             config = apply_config_overrides(config, model_args.config_overrides)
         model = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
-    if model.config.model_type != MODEL_TYPES["translation"]:
-        raise ValueError(f"{model_args.model_name_or_path} is a {model.config.model_type!r} model, not a "
-                         f"scratchformers translation model ({MODEL_TYPES['translation']!r}).")
     check_tokenizer_matches(tokenizer, model.config)
     return model
 
@@ -552,8 +593,8 @@ def prepare_translation(model_args, data_args, training_args, last_checkpoint) -
         if training_args.predict_with_generate else None,
     )
 
-    def report(results: dict) -> list[dict]:
-        samples = translation_samples(training_args.output_dir, raw["test"], data_args.num_samples)
+    def report(results: dict, model_dir: str) -> list[dict]:
+        samples = translation_samples(model_dir, raw["test"], data_args.num_samples)
         if results.get("test_bleu") is not None:
             pair = f"{source_lang}->{target_lang}, " if source_lang and target_lang else ""
             print(f"Held-out test ({pair}{len(raw['test'])} pairs): "
@@ -568,15 +609,15 @@ def prepare_translation(model_args, data_args, training_args, last_checkpoint) -
                final_eval_kwargs=final_generation)
 
 
-def translation_samples(output_dir: str, test_dataset, count: int) -> list[dict]:
-    """Translate a few test sentences through ``pipeline("translation", model=output_dir)`` and print them."""
+def translation_samples(model_dir: str, test_dataset, count: int) -> list[dict]:
+    """Translate a few test sentences through ``pipeline("translation", model=model_dir)`` and print them."""
     if count <= 0 or len(test_dataset) == 0:
         return []
     examples = test_dataset.select(range(min(count, len(test_dataset))))
-    translator = transformers.pipeline("translation", model=output_dir, trust_remote_code=True)
+    translator = transformers.pipeline("translation", model=model_dir, trust_remote_code=True)
     outputs = translator(list(examples["source"]))
     samples = []
-    print(f"\nSample translations (pipeline('translation', model='{output_dir}', trust_remote_code=True)):")
+    print(f"\nSample translations (pipeline('translation', model='{model_dir}', trust_remote_code=True)):")
     for example, output in zip(examples, outputs):
         hypothesis = output["translation_text"]
         samples.append({"source": example["source"], "reference": example["target"], "prediction": hypothesis})
@@ -607,9 +648,6 @@ def build_vit(model_args, labels: list[str], num_channels: int, resume_from: Opt
             )
             config = apply_config_overrides(config, model_args.config_overrides)
         model = AutoModelForImageClassification.from_config(config, **kwargs)
-    if model.config.model_type != MODEL_TYPES["image-classification"]:
-        raise ValueError(f"{model_args.model_name_or_path} is a {model.config.model_type!r} model, not a "
-                         f"scratchformers ViT ({MODEL_TYPES['image-classification']!r}).")
     return model
 
 
@@ -623,7 +661,8 @@ def prepare_image_classification(model_args, data_args, training_args, last_chec
         )
     raw = select_samples(raw, data_args)
     labels = raw["train"].features["label"].names
-    num_channels = 1 if raw["train"][0]["image"].mode in ("L", "I", "I;16", "F", "1") else 3
+    mode = raw["train"][0]["image"].mode  # grayscale at any bit depth, with or without alpha: one channel
+    num_channels = 1 if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;") else 3
     resume_from = resolve_resume(training_args, last_checkpoint)
     model = build_vit(model_args, labels, num_channels, resume_from)
     processor_source = resume_from or model_args.image_processor_name or model_args.model_name_or_path
@@ -659,8 +698,8 @@ def prepare_image_classification(model_args, data_args, training_args, last_chec
         compute_metrics=accuracy_compute_metrics(),
     )
 
-    def report(results: dict) -> list[dict]:
-        samples = image_samples(training_args.output_dir, raw["test"], data_args.num_samples)
+    def report(results: dict, model_dir: str) -> list[dict]:
+        samples = image_samples(model_dir, raw["test"], data_args.num_samples)
         if results.get("test_accuracy") is not None:
             print(f"Held-out test ({len(raw['test'])} images): accuracy {results['test_accuracy']:.4f}")
         if results.get("eval_accuracy") is not None:
@@ -670,15 +709,15 @@ def prepare_image_classification(model_args, data_args, training_args, last_chec
     return Job(trainer, raw, processed, resume_from, report)
 
 
-def image_samples(output_dir: str, test_dataset, count: int) -> list[dict]:
-    """Classify a few test images through ``pipeline("image-classification", model=output_dir)`` and print them."""
+def image_samples(model_dir: str, test_dataset, count: int) -> list[dict]:
+    """Classify a few test images through ``pipeline("image-classification", model=model_dir)`` and print them."""
     if count <= 0 or len(test_dataset) == 0:
         return []
     names = test_dataset.features["label"].names
     examples = test_dataset.select(range(min(count, len(test_dataset))))
-    classifier = transformers.pipeline("image-classification", model=output_dir, trust_remote_code=True)
+    classifier = transformers.pipeline("image-classification", model=model_dir, trust_remote_code=True)
     outputs = classifier(list(examples["image"]), top_k=1)
-    print(f"\nSample predictions (pipeline('image-classification', model='{output_dir}')):")
+    print(f"\nSample predictions (pipeline('image-classification', model='{model_dir}')):")
     samples = []
     for i, (example, output) in enumerate(zip(examples, outputs)):
         best = output[0]
@@ -699,7 +738,7 @@ class Job:
     raw: Any  # DatasetDict of the untokenized data
     processed: dict  # split -> tokenized / transformed dataset
     resume_from: Optional[str]
-    report: Callable[[dict], list[dict]]  # rank 0, after saving: samples through the pipeline, printed results
+    report: Callable[[dict, str], list[dict]]  # rank 0, after saving: the saved model's samples, printed results
     saved_config: dict = field(default_factory=dict)  # config fields the Trainer changes for training, restored on save
     final_eval_kwargs: dict = field(default_factory=dict)  # e.g. beam search for the final evaluation and test
 
@@ -754,8 +793,10 @@ class ScratchTrainer(ScratchTrainerMixin, Trainer):
     pass
 
 
-def train_evaluate_save(job: Job, training_args, model_source: Optional[str] = None) -> dict:
-    """Train (resuming if asked), save the final model, evaluate on validation and test; HF-style results files."""
+def train_evaluate_save(job: Job, training_args, model_args) -> dict:
+    """Train (resuming if asked), save the final model, evaluate on validation and test; HF-style results files.
+
+    An evaluation-only run saves the model only when asked (``--save_evaluated_model``)."""
     trainer, datasets_, resume_from = job.trainer, job.processed, job.resume_from
     results: dict[str, Any] = {}
     if training_args.do_train:
@@ -790,14 +831,14 @@ def train_evaluate_save(job: Job, training_args, model_source: Optional[str] = N
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         results.update(metrics)
-    if not training_args.do_train and same_directory(model_source, training_args.output_dir):
+    if not training_args.do_train and same_directory(model_args.model_name_or_path, training_args.output_dir):
         train_results = Path(training_args.output_dir) / "train_results.json"
         if train_results.is_file():  # a finished run evaluated again: its training figures
             results.update(json.loads(train_results.read_text()))
-    elif not training_args.do_train:
+    elif not training_args.do_train and model_args.save_evaluated_model:
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
-        trainer.save_model()  # evaluation-only runs still leave a complete, loadable directory
+        trainer.save_model()
     return results
 
 
@@ -819,8 +860,19 @@ def whole_run_loss(state: dict, resumed_loss: float, global_step: int) -> float:
     return (total / covered * resumed_at + resumed_loss * (global_step - resumed_at)) / global_step
 
 
+def holds_the_model(training_args, model_args) -> bool:
+    """Whether the run leaves the model in output_dir (evaluation-only runs leave it where it was, unless asked)."""
+    return (training_args.do_train or model_args.save_evaluated_model
+            or same_directory(model_args.model_name_or_path, training_args.output_dir))
+
+
 def finish(trainer, model_args, data_args, training_args, results: dict, samples: list[dict], raw) -> None:
     """Write the model card (rank 0) and check that the saved config can be used with trust_remote_code."""
+    if not holds_the_model(training_args, model_args):
+        if trainer.is_world_process_zero():
+            print(f"\nResults written to {os.path.abspath(training_args.output_dir)}; the model stays in "
+                  f"{model_args.model_name_or_path} (--save_evaluated_model True saves a copy with a model card).")
+        return
     trainer.card_context = dict(
         model=trainer.model, model_args=model_args, data_args=data_args, training_args=training_args,
         results=results, samples=samples, num_train=len(raw["train"]), world_size=training_args.world_size,
@@ -997,8 +1049,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise FileNotFoundError(f"The model-card template {CARD_TEMPLATE} is missing.")
         if not (training_args.do_train or model_args.model_name_or_path):
             raise ValueError("Nothing to evaluate: pass --do_train True, or --model_name_or_path of a trained model.")
+        check_step_budget(training_args)
+        check_model_source(model_args, data_args.task)
         last_checkpoint = skip_finished_training(
-            model_args, training_args, check_output_dir(training_args, legacy_args, data_args.task)
+            model_args, training_args,
+            check_output_dir(training_args, legacy_args, data_args.task, model_args.model_name_or_path),
         )
         set_seed(training_args.seed)
         prepare = prepare_translation if data_args.task == "translation" else prepare_image_classification
@@ -1007,8 +1062,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         # Bad input: a clear message before anything was trained or written.
         raise SystemExit(f"error: {error}") from error
 
-    results = train_evaluate_save(job, training_args, model_args.model_name_or_path)
-    samples = job.report(results) if job.trainer.is_world_process_zero() else []
+    results = train_evaluate_save(job, training_args, model_args)
+    model_dir = training_args.output_dir if holds_the_model(training_args, model_args) else model_args.model_name_or_path
+    samples = job.report(results, model_dir) if job.trainer.is_world_process_zero() else []
     finish(job.trainer, model_args, data_args, training_args, results, samples, job.raw)
     return results
 

@@ -477,6 +477,32 @@ def _check_images_readable(dataset: Dataset, column: str, split: str, limit: int
         raise DatasetError(f"Unreadable images in the {split} data: " + "; ".join(bad))
 
 
+def _check_class_folders(path: str) -> None:
+    """An image folder names its classes by sub-folder; with one, ``imagefolder`` gives no labels at all."""
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    if len(classes) < 2:
+        found = f"only the sub-folder {classes[0]!r}" if classes else "no sub-folders"
+        raise DatasetError(
+            f"The train image folder {path!r} has {found}; a classifier needs at least 2 classes, one sub-folder "
+            f"per class ({os.path.join(path, 'cat')}/..., {os.path.join(path, 'dog')}/...)."
+        )
+
+
+def _check_classes_present(splits: DatasetDict) -> None:
+    """At least two classes to learn, and no class to evaluate on that training never shows."""
+    names = splits["train"].features["label"].names
+    trained = set(splits["train"].unique("label"))
+    if len(trained) < 2:
+        raise DatasetError(f"The training data has only the class {sorted(names[i] for i in trained)}; a classifier "
+                           "needs at least 2 classes.")
+    for split, ds in splits.items():
+        unseen = sorted(names[i] for i in set(ds.unique("label")) - trained)
+        if unseen:
+            raise DatasetError(f"The {split} data has classes {unseen} that the training data does not have: the "
+                               "model could never predict them. Add training images of those classes, or remove "
+                               f"them from the {split} data.")
+
+
 def _to_image_label(dataset: Dataset, split: str, image_column: str, label_column: str) -> Dataset:
     columns = dataset.column_names
     for role, column in (("image", image_column), ("label", label_column)):
@@ -529,6 +555,7 @@ def load_image_dataset(
             for split, path in files.items():
                 if not any(files_ for _, _, files_ in os.walk(path)):
                     raise DatasetError(f"The {split} image folder {path!r} is empty.")
+            _check_class_folders(files["train"])
             try:
                 raw = load_dataset(
                     "imagefolder",
@@ -550,8 +577,9 @@ def load_image_dataset(
     if local:
         for split, ds in splits.items():
             _check_images_readable(ds, "image", split)
-    splits = _complete_splits(splits)
-    return _ensure_class_labels(splits)
+    splits = _ensure_class_labels(_complete_splits(splits))
+    _check_classes_present(splits)
+    return splits
 
 
 def _ensure_class_labels(splits: DatasetDict) -> DatasetDict:
