@@ -449,6 +449,75 @@ def test_two_process_ddp_on_cpu(tiny_files, tmp_path):
     assert (out / "README.md").is_file() and "| processes | 2 |" in (out / "README.md").read_text()
 
 
+FSDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
+                 "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                 "--fsdp_transformer_layer_cls_to_wrap", "ScratchTransformerEncoderLayer,ScratchTransformerDecoderLayer",
+                 "--fsdp_state_dict_type", "FULL_STATE_DICT", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_on_cpu_saves_a_full_model_and_resumes_exactly(tiny_files, tmp_path):
+    """The README's FSDP launch on 2 CPU processes: a complete model that loads anywhere, and a run resumed from
+    an FSDP checkpoint ends with the weights of the uninterrupted one."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    options = ("--max_steps", "6", "--eval_strategy", "no", "--do_eval", "False", "--load_best_model_at_end", "False",
+               "--save_total_limit", "5", "--num_samples", "1")
+    full = tmp_path / "full"
+    result = run_script(tiny_args(tiny_files, full, tmp_path / "c", *options), tmp_path, FSDP_LAUNCHER)
+    assert "Process rank: 1 of 2" in result.stdout + result.stderr and "test_bleu" in (full / "all_results.json").read_text()
+    reference = load_file(full / "model.safetensors")
+    model = AutoModelForSeq2SeqLM.from_pretrained(full)  # a full state dict: every tensor, none left on meta
+    assert torch.equal(model.model.shared.weight, reference["model.shared.weight"])
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")
+    run_script(tiny_args(tiny_files, resumed, tmp_path / "c", *options), tmp_path, FSDP_LAUNCHER)
+    assert json.loads((resumed / "train_results.json").read_text())["train_resumed_from_step"] == 4
+    weights = load_file(resumed / "model.safetensors")
+    assert weights.keys() == reference.keys() and all(torch.equal(weights[k], t) for k, t in reference.items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSTOP"])
+def test_a_ddp_run_whose_worker_dies_or_stops_ends(signal_name, tiny_files, tmp_path):
+    """A dead worker ends the run at once (the launcher sees it exit); a stopped one makes the other fail after
+    --ddp_timeout (on CPU transformers used to leave it at torch's 30 minutes), then the launcher kills it after
+    its 30-second grace period."""
+    import signal
+
+    out = tmp_path / "out"
+    options = ("--max_steps", "100000", "--eval_strategy", "no", "--save_strategy", "no", "--ddp_timeout", "10",
+               "--load_best_model_at_end", "False")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:
+        launch = subprocess.Popen([*launcher, str(RUN_PY), *tiny_args(tiny_files, out, tmp_path / "c", *options)],
+                                  cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while "'loss'" not in log.read_text() and launch.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert launch.poll() is None, log.read_text()[-3000:]
+        worker = next(pid for pid in map(int, subprocess.run(["pgrep", "-f", str(RUN_PY)], capture_output=True,
+                                                             text=True).stdout.split())
+                      if b"LOCAL_RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        stopped = time.time()
+        os.kill(worker, getattr(signal, signal_name))
+        assert launch.wait(timeout=120) != 0
+        took = time.time() - stopped
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert took < (10 if signal_name == "SIGKILL" else 10 + 30 + 20), took
+    if signal_name == "SIGSTOP":
+        assert "Timed out waiting 10000ms" in log.read_text()
+    assert not Path(f"/proc/{worker}").exists() or b"zombie" in Path(f"/proc/{worker}/status").read_bytes()
+
+
 def usage_snippet(model_dir: Path) -> str:
     card = (model_dir / "README.md").read_text()
     return card.split("```python\n", 1)[1].split("```", 1)[0]

@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import datetime
 import hashlib
 import json
 import logging
@@ -101,6 +102,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     save_total_limit=2, load_best_model_at_end=True, greater_is_better=True, lr_scheduler_type="cosine",
     warmup_steps=0.05, weight_decay=0.01, report_to="none", disable_tqdm=False, seed=42,
     dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not _has_accelerator(),
+    ddp_timeout=600,  # seconds a process waits for the others (transformers: 1800) before the run fails
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(
@@ -213,12 +215,21 @@ def parse_args(argv: Optional[list[str]] = None):
         given = None
         peek = argparse.ArgumentParser(add_help=False)
         peek.add_argument("--task", default="translation")
-        task = peek.parse_known_args(argv)[0].task
+        peek.add_argument("--ddp_timeout", type=int, default=None)
+        peek.add_argument("--use_cpu", default=None)
+        peeked = peek.parse_known_args(argv)[0]
+        task = peeked.task
+        given_timeout, given_cpu = peeked.ddp_timeout, peeked.use_cpu
+    if json_file:
+        given_timeout, given_cpu = given.get("ddp_timeout"), given.get("use_cpu")
     if task not in TASKS:
         argparse.ArgumentParser(prog="run.py").error(
             f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}"
         )
     training_class = Seq2SeqTrainingArguments if task == "translation" else TrainingArguments
+    use_cpu = TASK_DEFAULTS[task]["use_cpu"] if given_cpu is None else str(given_cpu).lower() in ("true", "1", "yes")
+    if use_cpu:
+        start_cpu_process_group(given_timeout or TASK_DEFAULTS[task]["ddp_timeout"])
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, training_class, LegacyTrainingArguments))
     defaults = dict(TASK_DEFAULTS[task])
     explicit = set(given) if given else {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
@@ -237,6 +248,17 @@ def parse_args(argv: Optional[list[str]] = None):
     if legacy_args.warmup_ratio is not None:
         training_args.warmup_steps = legacy_args.warmup_ratio
     return model_args, data_args, training_args, legacy_args
+
+
+def start_cpu_process_group(timeout_seconds: int) -> None:
+    """Start gloo DDP with ``--ddp_timeout``, which transformers passes on for accelerators only: on CPU it used
+    torch's 30 minutes, so a stopped worker hung the others that long. A collective that waits longer than this
+    raises in the waiting processes, and the launcher then ends the run. Does nothing outside a distributed launch.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def can_load_best_model(training_args) -> bool:
