@@ -796,9 +796,17 @@ def select_samples(raw, data_args):
 
 
 class ScratchTrainerMixin:
-    """``create_model_card`` (also called by ``push_to_hub``) writes our card, rendered from ``hub_card.md``."""
+    """The model computes the loss (with ``--label_smoothing_factor``); ``create_model_card`` (also called by
+    ``push_to_hub``) writes our card, rendered from ``hub_card.md``."""
 
     card_context: Optional[dict] = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One loss: the model's own, the function a reader finds in the model code. --label_smoothing_factor is
+        # carried into its config; the Trainer's label smoother would pop the labels and compute a second loss.
+        self.model.config.label_smoothing = self.args.label_smoothing_factor
+        self.label_smoother = None
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.card_context is None or not self.is_world_process_zero():
