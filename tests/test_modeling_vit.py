@@ -16,7 +16,7 @@ import scratchformers as sf
 from scratchformers.layers import DropPath
 
 from conftest import enable_activation_checkpointing, run_without_package
-from vit_fixtures import pixels, random_image, tiny_vit, tiny_vit_config
+from vit_fixtures import pixels, random_image, randomized_biases, tiny_vit, tiny_vit_config
 
 
 def test_output_types_and_shapes():
@@ -277,94 +277,6 @@ def test_trust_remote_code_in_a_process_without_the_package(tmp_path):
     assert [r["label"] for r in remote["pipeline"]] == [r["label"] for r in expected_pipeline]
     for ours, theirs in zip(expected_pipeline, remote["pipeline"]):
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-6)
-
-
-@pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_classifier_runs_the_last_layer_for_cls_alone_with_the_same_result(norm_position):
-    model = tiny_vit(attn_implementation="sdpa", norm_position=norm_position)
-    x = pixels(batch=3)
-    with torch.no_grad():
-        full = model.vit(x)
-        short = model.vit(x, pooled_only=True)
-        logits = model(x).logits
-    assert full.last_hidden_state.shape[1] == 17 and short.last_hidden_state.shape[1] == 1
-    torch.testing.assert_close(short.pooler_output, full.pooler_output, atol=1e-5, rtol=0)
-    torch.testing.assert_close(logits, model.classifier(full.pooler_output), atol=1e-5, rtol=0)
-    mean_pooled = tiny_vit(pooling="mean")
-    with torch.no_grad():
-        assert mean_pooled.vit(x, pooled_only=True).last_hidden_state.shape[1] == 17  # mean pooling reads all tokens
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The layer's exact rewrites (add_linear, key bias, value bias) against the textbook composition of its blocks
-# --------------------------------------------------------------------------------------------------------------
-def randomized_biases(model):
-    """The init sets biases and norm shifts to 0; randomise them so that the bias rewrites are actually tested."""
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.add_(0.5 * torch.randn_like(parameter))
-    return model
-
-
-def textbook_layer(layer, x):
-    """``add_norm(x, self_attn(x))`` then ``add_norm(x, ffn(x))``: the layer as the blocks of layers.py compute it."""
-    return layer.reference_forward(x)[0]
-
-
-def test_reference_layer_for_the_cls_token_alone_is_its_first_row():
-    layer = randomized_biases(tiny_vit()).vit.layers[0]
-    x = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(layer.reference_forward(x, cls_only=True)[0], textbook_layer(layer, x)[:, :1],
-                                   atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-@pytest.mark.parametrize("variant", [{}, {"qkv_bias": False}, {"norm_position": "post"}])
-def test_layer_equals_its_blocks_composed_in_inference_and_training(attn_implementation, variant):
-    """The key bias (left out without gradients), the value bias (moved into the output bias), the residual adds
-    (accumulated by the last linear layers) and the [CLS]-only attention without every token's keys and values
-    (``cls_heads``) are rewrites of the same function: same outputs, same gradients."""
-    model = randomized_biases(tiny_vit(attn_implementation=attn_implementation, **variant))
-    layer = model.vit.layers[0]
-    x = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x)[0], textbook_layer(layer, x), atol=1e-5, rtol=0)
-        cls_state = layer(x, cls_only=True)[0]
-        torch.testing.assert_close(cls_state, textbook_layer(layer, x)[:, :1], atol=1e-5, rtol=0)
-    layer.train()
-    params = [p for p in layer.parameters()]
-    for cls_only, length in ((False, 17), (True, 1)):
-        upstream = torch.randn(3, length, 32, generator=torch.Generator().manual_seed(2))
-        ours = torch.autograd.grad(layer(x, cls_only=cls_only)[0], params, upstream)
-        theirs = torch.autograd.grad(textbook_layer(layer, x)[:, :length], params, upstream)
-        for (name, _), a, b in zip(layer.named_parameters(), ours, theirs):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"{name}, cls_only={cls_only}")  # b_k: both ~0
-
-
-def test_layer_with_active_dropout_and_stochastic_depth_draws_the_same_masks():
-    """With attention dropout the weights no longer sum to 1 (the value bias stays in the values), and with
-    sublayer dropout or drop path something sits between the last linear layer and the residual add: the layer
-    then computes exactly the blocks' composition, random masks included."""
-    model = randomized_biases(tiny_vit(num_layers=2, attention_dropout=0.2, dropout=0.1, drop_path_rate=0.5)).train()
-    layer = model.vit.layers[1]
-    x = torch.randn(4, 17, 32, generator=torch.Generator().manual_seed(3))
-    torch.manual_seed(0)
-    ours = layer(x)[0]
-    torch.manual_seed(0)
-    torch.testing.assert_close(ours, textbook_layer(layer, x))
-
-
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_attention_weights_are_those_of_the_textbook_attention(attn_implementation):
-    model = randomized_biases(tiny_vit(attn_implementation=attn_implementation))
-    attention = model.vit.layers[0].self_attn
-    x = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        _, _, weights = attention.heads(x, output_attentions=True)
-        _, expected = attention(x, output_attentions=True)
-    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=0)
 
 
 def test_training_gradients_match_hugging_face():

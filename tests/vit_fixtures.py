@@ -38,3 +38,12 @@ def random_image(height: int = 40, width: int = 52, mode: str = "RGB", seed: int
     array = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
     image = Image.fromarray(array)
     return image if image.mode == mode else image.convert(mode)
+
+
+def randomized_biases(model):
+    """The init sets biases and norm shifts to 0; randomise them so that the bias rewrites are actually tested."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    return model

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .layers import (
+from .config_checks import (
+    FORWARD_IMPLEMENTATIONS,
     ACTIVATIONS,
     ATTENTION_SCORINGS,
     NORM_POSITIONS,
@@ -41,6 +42,8 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         output_bias: a bias on the output projection (carried over from Marian's ``final_logits_bias``).
         tie_word_embeddings: one shared matrix for source embedding, target embedding and output projection.
         label_smoothing: ε of label-smoothed cross-entropy (paper: 0.1).
+        forward_implementation: "reference" (default) runs the layers of ``layers.py`` as composed in the notes;
+            "fast" runs their exact rewrites (``rewrites.py``: same outputs and gradients, less work).
         init_std: standard deviation of the normal initialisation.
     """
 
@@ -77,6 +80,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         tie_word_embeddings: bool = True,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
+        forward_implementation: str = "reference",
         pad_token_id: int = 0,
         bos_token_id: int = 1,
         eos_token_id: int = 2,
@@ -107,6 +111,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self.label_smoothing = label_smoothing
         self.init_std = init_std
+        self.forward_implementation = forward_implementation
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -126,6 +131,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         check_choice("activation_function", self.activation_function, ACTIVATIONS)
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         check_choice("attention_scoring", self.attention_scoring, ATTENTION_SCORINGS)
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .layers import (
+from .config_checks import (
+    FORWARD_IMPLEMENTATIONS,
     ACTIVATIONS,
     NORM_POSITIONS,
     NORM_TYPES,
@@ -41,6 +42,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         layer_norm_eps: 1e-12 like Hugging Face's ``ViTConfig``, so that ported google/vit checkpoints compute
             exactly the same function (timm and the original JAX code use 1e-6; the difference is negligible).
         label_smoothing: ε of label-smoothed cross-entropy for single-label classification.
+        forward_implementation: "reference" (default) runs the layers of ``layers.py`` as composed in the notes;
+            "fast" runs their exact rewrites (``rewrites.py``: same outputs and gradients, less work).
         init_std: standard deviation of the (truncated) normal initialisation.
         num_labels / id2label / label2id / problem_type: the usual classification fields of ``PreTrainedConfig``.
     """
@@ -73,6 +76,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         layer_norm_eps: float = 1e-12,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
+        forward_implementation: str = "reference",
         **kwargs,
     ):
         self.image_size = image_size
@@ -93,6 +97,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.label_smoothing = label_smoothing
         self.init_std = init_std
+        self.forward_implementation = forward_implementation
         super().__init__(**kwargs)
         self.validate_architecture()
 
@@ -114,6 +119,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         for name in ("dropout", "attention_dropout", "drop_path_rate", "label_smoothing"):
             check_probability(name, getattr(self, name))

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .configuration_vit import ScratchViTConfig
-from .layers import ACTIVATIONS
+from .config_checks import ACTIVATIONS
 from .modeling_vit import ScratchViTForImageClassification
 
 

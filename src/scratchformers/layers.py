@@ -10,7 +10,10 @@
 | position-wise feed-forward network    | `FeedForward`                                          |
 | add & norm, post-norm vs pre-norm     | `AddNorm`, `make_norm`                                 |
 | stochastic depth (ViT)                | `DropPath`                                             |
-| (label-smoothed) cross-entropy loss   | `cross_entropy` (backward: softmax − target)           |
+| (label-smoothed) cross-entropy loss   | `cross_entropy`                                        |
+
+The models are these pieces composed (``config.forward_implementation="reference"``, the default); the exact
+speed rewrites of some of them live in ``rewrites.py`` (``"fast"``).
 
 Masks are boolean everywhere: ``True`` means "may attend". They are turned into scores with the dtype's most
 negative finite value, never a magic constant such as -1e6 that overflows in fp16.
@@ -25,11 +28,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-ACTIVATIONS = ("relu", "gelu", "silu")
-NORM_TYPES = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("post", "pre")
-ATTENTION_SCORINGS = ("scaled_dot", "additive")
-POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+from .config_checks import NORM_TYPES, check_choice
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,10 +116,16 @@ def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.
 #   fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> (output [B,T,H,D], weights)
 # with query/key/value [B, H, T, D].
 # --------------------------------------------------------------------------------------------------------------
-def attend(
+def attention_from_scores(
     module: nn.Module, scores: torch.Tensor, mask: Optional[torch.Tensor], value: torch.Tensor, dropout: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What every scoring function shares: masked softmax over the scores, dropout, weighted sum of the values."""
+    """What every scoring function shares: masked softmax over the scores, dropout, weighted sum of the values.
+
+    Without a mask, a causal module (``module.is_causal``) still sees only the keys up to each query, as the
+    fused kernels do (the queries are the last of the keys' positions)."""
+    queries, keys = scores.shape[-2:]
+    if mask is None and getattr(module, "is_causal", False) and queries > 1:
+        mask = build_attention_mask(None, queries, keys, causal=True, past_length=keys - queries).to(scores.device)
     weights = masked_softmax(scores, mask)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
@@ -139,7 +144,7 @@ def dot_product_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, softmax(Q Kᵀ / √d) V, written out (the "eager" implementation)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    return attend(module, scores, attention_mask, value, dropout)
+    return attention_from_scores(module, scores, attention_mask, value, dropout)
 
 
 def additive_attention(
@@ -159,7 +164,7 @@ def additive_attention(
     """
     features = torch.tanh(query.unsqueeze(-2) + key.unsqueeze(-3))  # [B, H, Tq, Tk, D]
     scores = torch.einsum("bhqkd,hd->bhqk", features, module.additive_v.to(features.dtype))
-    return attend(module, scores, attention_mask, value, dropout)
+    return attention_from_scores(module, scores, attention_mask, value, dropout)
 
 
 def resolve_attention_function(attn_implementation: Optional[str], scoring: str) -> Callable:
@@ -180,21 +185,9 @@ def resolve_attention_function(attn_implementation: Optional[str], scoring: str)
     return ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, dot_product_attention)
 
 
-def fold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``[B·k, H, T, X] -> [B, H, k·T, X]``: each group of ``k = rows`` consecutive rows becomes one row whose
-    positions are those of its members, one after the other."""
-    batch_rows, heads, length, dim = x.shape
-    return x.view(batch_rows // rows, rows, heads, length, dim).transpose(1, 2).reshape(-1, heads, rows * length, dim)
-
-
-def unfold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """The inverse of ``fold_rows``: ``[B, H, k·T, X] -> [B·k, H, T, X]``."""
-    batch, heads, length, dim = x.shape
-    return x.view(batch, heads, rows, length // rows, dim).transpose(1, 2).reshape(-1, heads, length // rows, dim)
-
-
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention: project to h heads, score each head, concatenate, project with W_o.
+    """Multi-head attention in the notes' three steps: project the queries, keys and values and split each into h
+    heads; attend in every head; merge the heads and project with W_o.
 
     Used as encoder self-attention, causal decoder self-attention (``is_causal=True``) and cross-attention
     (``is_cross_attention=True``: keys/values come from the encoder and are cached once per generation).
@@ -220,7 +213,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = dropout
-        self.is_causal = is_causal  # sdpa reads this; must be False for encoder and cross attention
+        self.is_causal = is_causal  # the kernels read this; False for encoder and cross attention
         self.is_cross_attention = is_cross_attention
         self.scoring = scoring
         self.layer_idx = layer_idx
@@ -233,10 +226,6 @@ class MultiHeadAttention(nn.Module):
             self.additive_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
             nn.init.normal_(self.additive_v, std=self.head_dim**-0.5)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -247,44 +236,39 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Attend from ``hidden_states`` to itself or to ``key_value_states``; returns (output, weights or None).
 
-        Self-attention may also take ``key_value_states``: queries for a subset of the positions (e.g. ViT's [CLS]
-        alone) attending to the whole sequence.
-
         ``cache`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
         """
-        batch, length, _ = hidden_states.shape
-        query = self._split_heads(self.q_proj(hidden_states))
+        query, key, value = self.project_and_split(hidden_states, key_value_states, cache)
+        heads, weights = self.attend(query, key, value, attention_mask, output_attentions)
+        return self.merge_and_project(heads), weights
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d] -> [B, H, T, d/H]``."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_and_split(
+        self, hidden_states: torch.Tensor, key_value_states: Optional[torch.Tensor] = None, cache=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 1: queries from ``hidden_states``, keys and values from ``key_value_states`` (or ``hidden_states``),
+        each split into heads. With a cache, self-attention appends this step's keys and values to the earlier
+        steps'; cross-attention computes the encoder's once and reads them back afterwards."""
+        query = self.split_heads(self.q_proj(hidden_states))
         layer_cache = cache
         if cache is not None and hasattr(cache, "self_attention_cache"):
             layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
         if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
-            key = layer_cache.layers[self.layer_idx].keys
-            value = layer_cache.layers[self.layer_idx].values
-        else:
-            source = hidden_states if key_value_states is None else key_value_states
-            key = self._split_heads(self.k_proj(source))
-            value = self._split_heads(self.v_proj(source))
-            if cache is not None:
-                key, value = layer_cache.update(key, value, self.layer_idx)
-                if self.is_cross_attention:
-                    cache.is_updated[self.layer_idx] = True
+            return query, layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
+        source = hidden_states if key_value_states is None else key_value_states
+        key = self.split_heads(self.k_proj(source))
+        value = self.split_heads(self.v_proj(source))
+        if cache is not None:
+            key, value = layer_cache.update(key, value, self.layer_idx)
+            if self.is_cross_attention:
+                cache.is_updated[self.layer_idx] = True
+        return query, key, value
 
-        # Several query rows may share one row of keys and values: the beams of one source share its encoder
-        # output (see ScratchTransformerForConditionalGeneration._expand_inputs_for_generation). They become extra
-        # query positions of that row: [B·k, H, T, D] -> [B, H, k·T, D], one copy of K and V instead of k.
-        rows_per_key = batch // key.shape[0]
-        if rows_per_key > 1:
-            query = fold_rows(query, rows_per_key)
-
-        output, weights = self.attend_heads(query, key, value, attention_mask, output_attentions)
-        # output is [B, k·T, H, D], i.e. already [B·k, T, H, D] in memory.
-        output = self.out_proj(output.reshape(batch, length, self.embed_dim))
-        if rows_per_key > 1 and output_attentions:
-            weights = unfold_rows(weights, rows_per_key)
-        return output, weights
-
-    def attend_heads(
+    def attend(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
@@ -292,22 +276,29 @@ class MultiHeadAttention(nn.Module):
         attention_mask: Optional[torch.Tensor],
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Every head's attention, ``[B, H, T, D]`` inputs -> (``[B, T, H, D]`` output, weights or None), with the
-        kernel of the config's ``attn_implementation`` (eager when the weights are asked for)."""
-        implementation = self.config._attn_implementation
-        if output_attentions and implementation != "eager" and self.scoring == "scaled_dot":
-            implementation = "eager"  # fused kernels do not return the weights
-        attention = resolve_attention_function(implementation, self.scoring)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
+        """Step 2: every head's attention, ``[B, H, T, D]`` inputs -> (``[B, T, H, D]`` output, weights or None)."""
+        output, weights = self.attention_function(output_attentions)(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
         )
         return output, (weights if output_attentions else None)
+
+    def merge_and_project(self, heads: torch.Tensor) -> torch.Tensor:
+        """Step 3: concatenate the heads ``[B, T, H, D] -> [B, T, d]`` and project with W_o."""
+        return self.out_proj(heads.reshape(*heads.shape[:2], self.embed_dim))
+
+    def attention_function(self, output_attentions: bool = False) -> Callable:
+        """The one place the kernel is chosen: the config's ``attn_implementation`` for this scoring, eager when the
+        weights are asked for (fused kernels do not return them); with ``forward_implementation="fast"``, wrapped to
+        serve several query rows from one row of keys and values (``rewrites.shared_source_rows``)."""
+        implementation = self.config._attn_implementation
+        if output_attentions and self.scoring == "scaled_dot":
+            implementation = "eager"
+        function = resolve_attention_function(implementation, self.scoring)
+        if getattr(self.config, "forward_implementation", "reference") == "fast":
+            from .rewrites import shared_source_rows
+
+            function = shared_source_rows(function)
+        return function
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -406,12 +397,13 @@ class DropPath(nn.Module):
 
 
 class AddNorm(nn.Module):
-    """The notes' "add & norm" around one sublayer, in either placement.
+    """The notes' "add & norm" around one sublayer, in either placement:
 
     post-norm (the paper):  x = Norm(x + Dropout(Sublayer(x)))
     pre-norm:               x = x + Dropout(Sublayer(Norm(x)))
 
-    Use as ``x = add_norm(x, sublayer(add_norm.sublayer_input(x)))``.
+    Called as ``x = add_norm(x, sublayer)``, the sublayer a module or function of one tensor; with ``drop_path``
+    the whole branch is also dropped per sample (stochastic depth).
     """
 
     def __init__(self, dim: int, norm_type: str, norm_position: str, dropout: float, eps: float, drop_path: float = 0.0):
@@ -421,111 +413,30 @@ class AddNorm(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def sublayer_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) if self.pre_norm else x
-
-    def forward(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.dropout(sublayer_output))
-        return x if self.pre_norm else self.norm(x)
-
-    def add_linear(
-        self, x: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        """``self(x, inputs @ weightᵀ + bias)`` for a sublayer that ends in a linear layer, with fewer passes.
-
-        ``x + linear(inputs)`` writes the bias into a fresh output, accumulates the product on top, then reads that
-        output and ``x`` again for the add. When nothing acts between the two (no active dropout or stochastic
-        depth), the bias rides along with ``x`` (one pass) and the product accumulates into that sum in place
-        (``addmm_``). Same value, same gradients. Under autocast the plain path runs: autocast does not cast the
-        operands of an in-place product.
-        """
-        acting = self.training and (self.dropout.p > 0 or isinstance(self.drop_path, DropPath))
-        if acting or torch.is_autocast_enabled(x.device.type):
-            return self(x, nn.functional.linear(inputs, weight, bias))
-        dim = x.shape[-1]
-        out = x.reshape(-1, dim) + bias if bias is not None else x.reshape(-1, dim).clone()
-        out.addmm_(inputs.reshape(-1, inputs.shape[-1]), weight.t())
-        out = out.view(x.shape)
-        return out if self.pre_norm else self.norm(out)
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.drop_path(self.dropout(sublayer(self.norm(x))))
+        return self.norm(x + self.drop_path(self.dropout(sublayer(x))))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The training loss
 # --------------------------------------------------------------------------------------------------------------
-class SoftmaxCrossEntropy(torch.autograd.Function):
-    """Mean label-smoothed cross-entropy of logits ``[N, V]`` against labels ``[N]``, ignoring ``ignore_index``.
-
-    Per kept row, with ``lse = log Σ_v exp(z_v)`` and ``log p_v = z_v − lse``:
-
-        loss = (1 − ε) · (lse − z_y)  +  ε · (lse − mean_v z_v)        (ε = label smoothing)
-        ∂loss/∂z = softmax(z) − target,   target = (1 − ε) · onehot(y) + ε / V
-
-    averaged over the kept rows (ignored rows get zero gradient). It equals
-    ``nn.functional.cross_entropy(..., ignore_index=..., label_smoothing=ε)``, but keeps only the logits and one
-    ``lse`` per row for the backward pass and writes the gradient in one buffer. torch's version also keeps the
-    ``[N, V]`` log-probabilities and builds two more ``[N, V]`` tensors in backward (the one-hot gradient of the
-    NLL and the log-softmax gradient); with a large vocabulary those are the peak of a whole training step.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, smoothing: float) -> torch.Tensor:
-        keep = labels != ignore_index
-        targets = labels.masked_fill(~keep, 0)
-        lse = torch.logsumexp(logits, dim=-1)
-        row_loss = lse - logits.gather(-1, targets[:, None]).squeeze(-1)
-        if smoothing:
-            row_loss = (1.0 - smoothing) * row_loss + smoothing * (lse - logits.mean(dim=-1))
-        count = keep.sum()
-        ctx.save_for_backward(logits, lse, targets, keep, count)
-        ctx.smoothing = smoothing
-        return (row_loss * keep).sum() / count  # NaN when every label is ignored, like torch
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        logits, lse, targets, keep, count = ctx.saved_tensors
-        smoothing = ctx.smoothing
-        grad = torch.sub(logits, lse[:, None]).exp_()  # softmax(z)
-        if smoothing:
-            grad.sub_(smoothing / logits.shape[-1])
-        grad.scatter_add_(-1, targets[:, None], torch.full_like(lse[:, None], smoothing - 1.0))
-        grad.mul_((grad_loss / count * keep).to(grad.dtype)[:, None])
-        return grad, None, None, None
-
-
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Label-smoothed cross-entropy over the last axis of ``logits`` (any leading shape), computed in float32."""
-    logits = logits.float().reshape(-1, logits.shape[-1])
-    return SoftmaxCrossEntropy.apply(logits, labels.to(logits.device).reshape(-1), ignore_index, float(label_smoothing))
+    """Mean label-smoothed cross-entropy of ``logits`` (last axis: the classes) against ``labels``, in float32.
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Validation shared by the configurations
-# --------------------------------------------------------------------------------------------------------------
-def check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
-
-
-def check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def check_probability(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
-
-
-def check_positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
-
-
-def check_heads(dim_name: str, dim: int, heads_name: str, heads: int) -> None:
-    if dim % heads != 0:
-        raise ValueError(f"{dim_name}={dim} must be divisible by {heads_name}={heads} (each head gets {dim_name}/heads dims).")
+    Per position with a label y (``ignore_index`` positions are left out), with ε the label smoothing:
+    ``loss = −(1 − ε) · log p_y − ε · mean_v log p_v``, the cross-entropy against the target
+    ``(1 − ε) · onehot(y) + ε / V``. NaN when every label is ignored, like torch.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
+    labels = labels.to(logits.device).reshape(-1)
+    keep = labels != ignore_index
+    nll = -log_probs.gather(-1, labels.masked_fill(~keep, 0)[:, None]).squeeze(-1)
+    loss = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1) if label_smoothing else nll
+    return (loss * keep).sum() / keep.sum()
 
 
 def init_weights(module: nn.Module, std: float) -> None:

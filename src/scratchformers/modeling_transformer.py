@@ -11,7 +11,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -20,23 +19,23 @@ from transformers.modeling_outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from . import rewrites
 from .compat import accepts_cache_alias, cache_field, cache_of
 from .configuration_transformer import ScratchTransformerConfig
 from .generation import ScratchGenerationMixin
-from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 from .layers import (
     AddNorm,
     FeedForward,
     MultiHeadAttention,
     build_attention_mask,
     check_positions,
-    cross_entropy,
-    init_weights,
     make_norm,
     make_positional_encoding,
     resolve_attention_function,
 )
+from .modeling_base import ScratchPreTrainedModel, cross_entropy
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -57,15 +56,18 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 
 
 def check_rows_per_source(
-    decoder_rows: int, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor]
+    decoder_rows: int, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor],
+    shared: bool = False,
 ) -> None:
-    """The decoder batch must be the encoder batch or a multiple ``k`` of it: rows ``b·k ... b·k + k - 1`` then
-    translate source ``b`` (beam search and ``num_return_sequences`` keep one copy of each source's encoder output)."""
+    """One decoder row per encoder row; with ``shared`` (``forward_implementation="fast"``) also a multiple ``k``
+    of the encoder batch: rows ``b·k ... b·k + k - 1`` then translate source ``b`` (beam search and
+    ``num_return_sequences`` keep one copy of each source's encoder output, ``rewrites.shared_source_rows``)."""
     sources = encoder_hidden_states.shape[0]
-    if decoder_rows % sources:
+    if decoder_rows % sources if shared else decoder_rows != sources:
+        allowed = ", or k consecutive rows per source (a multiple of the encoder batch)" if shared else ""
         raise ValueError(
             f"The decoder has {decoder_rows} rows but the encoder output has {sources}; pass one decoder row per "
-            "source, or k consecutive rows per source (a multiple of the encoder batch)."
+            f"source{allowed}."
         )
     if encoder_attention_mask is not None and encoder_attention_mask.shape[0] != sources:
         raise ValueError(
@@ -108,14 +110,12 @@ class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x = hidden_states
-        attn_out, attn_weights = self.self_attn(
-            self.self_attn_add_norm.sublayer_input(x), attention_mask=attention_mask, output_attentions=output_attentions
-        )
-        x = self.self_attn_add_norm(x, attn_out)
-        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
-        return x, attn_weights
+    ) -> torch.Tensor:
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, attention_mask=attention_mask, output_attentions=output_attentions)[0]
+
+        x = self.self_attn_add_norm(hidden_states, self_attention)
+        return self.ffn_add_norm(x, self.ffn)
 
 
 class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
@@ -150,35 +150,25 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         encoder_attention_mask: Optional[torch.Tensor],
         cache: Optional[EncoderDecoderCache] = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        x = hidden_states
-        self_out, self_weights = self.self_attn(
-            self.self_attn_add_norm.sublayer_input(x), attention_mask=attention_mask,
-            cache=cache, output_attentions=output_attentions,
-        )
-        x = self.self_attn_add_norm(x, self_out)
-        cross_out, cross_weights = self.cross_attn(
-            self.cross_attn_add_norm.sublayer_input(x), key_value_states=encoder_hidden_states,
-            attention_mask=encoder_attention_mask, cache=cache, output_attentions=output_attentions,
-        )
-        x = self.cross_attn_add_norm(x, cross_out)
-        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
-        return x, self_weights, cross_weights
+    ) -> torch.Tensor:
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions)[0]
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.cross_attn(h, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask,
+                                   cache=cache, output_attentions=output_attentions)[0]
+
+        x = self.self_attn_add_norm(hidden_states, self_attention)
+        x = self.cross_attn_add_norm(x, cross_attention)
+        return self.ffn_add_norm(x, self.ffn)
 
 
-class ScratchTransformerPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedModel):
+class ScratchTransformerPreTrainedModel(ScratchPreTrainedModel):
     config_class = ScratchTransformerConfig
     config: ScratchTransformerConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchTransformerEncoderLayer", "ScratchTransformerDecoderLayer"]
-    _supports_sdpa = True
-    # forward(**kwargs) would make the Trainer treat the loss as a sum over processes and rescale it under DDP.
-    accepts_loss_kwargs = False
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _can_compile_fullgraph = False
     _remote_auto_map = {
         "AutoConfig": "configuration_transformer.ScratchTransformerConfig",
         "AutoModel": "modeling_transformer.ScratchTransformerModel",
@@ -190,10 +180,6 @@ class ScratchTransformerPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, Pr
         super().__init__(config, *args, **kwargs)
         # Fail at construction, not at the first forward, when additive scoring meets a fused kernel.
         resolve_attention_function(config._attn_implementation, config.attention_scoring)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        init_weights(module, self.config.init_std)
 
 
 class ScratchTransformerEmbedding(nn.Module):
@@ -249,52 +235,53 @@ class ScratchTransformerStack(ScratchTransformerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.embed_tokens = value
 
-    def final_norm(self, hidden: torch.Tensor, all_hidden: Optional[tuple]) -> tuple[torch.Tensor, Optional[tuple]]:
-        if self.layer_norm is None:
-            return hidden, all_hidden
-        hidden = self.layer_norm(hidden)
-        return hidden, (all_hidden[:-1] + (hidden,) if all_hidden is not None else None)
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.layer_norm is None else self.layer_norm(hidden)
 
 
 class ScratchTransformerEncoder(ScratchTransformerStack):
-    """Embedding followed by ``encoder_layers`` self-attention layers."""
+    """Embedding followed by ``encoder_layers`` self-attention layers. Per-layer hidden states and attention
+    weights, when asked for, are recorded from the layers and attention modules (``capture_outputs``)."""
+
+    _can_record_outputs = {
+        "hidden_states": ScratchTransformerEncoderLayer,
+        "attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="self_attn"),
+    }
 
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens, ScratchTransformerEncoderLayer, config.encoder_layers)
 
+    @capture_outputs
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
         **kwargs,
     ) -> BaseModelOutput:
         hidden = self.embeddings(input_ids, inputs_embeds)
         length = hidden.shape[1]
         mask = build_attention_mask(attention_mask, length, length, causal=False)
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_attn = () if output_attentions else None
         for layer in self.layers:
-            hidden, weights = layer(hidden, mask, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_attn += (weights,)
-        hidden, all_hidden = self.final_norm(hidden, all_hidden)
-        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
-        return output if return_dict is not False else output.to_tuple()
+            hidden = layer(hidden, mask, bool(output_attentions))
+        return BaseModelOutput(last_hidden_state=self.final_norm(hidden))
 
 
 class ScratchTransformerDecoder(ScratchTransformerStack):
     """Embedding followed by ``decoder_layers`` causal self-attention + cross-attention layers."""
 
+    _can_record_outputs = {
+        "hidden_states": ScratchTransformerDecoderLayer,
+        "attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="cross_attn"),
+    }
+
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens, ScratchTransformerDecoderLayer, config.decoder_layers)
 
     @accepts_cache_alias
+    @capture_outputs
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
@@ -305,8 +292,6 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         if encoder_hidden_states is None:
@@ -324,33 +309,17 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         length = hidden.shape[1]
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] == length and past_length:
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past_length), attention_mask], -1)
-        self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True, past_length=past_length)
-        if attention_mask is None and past_length == 0 and self.config._attn_implementation == "sdpa" and not output_attentions:
-            self_mask = None  # plain causal mask: the fused kernel applies it itself (module.is_causal), faster
-        check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask)
+        if attention_mask is None and past_length == 0:
+            self_mask = None  # a plain causal mask: every kernel applies it itself (module.is_causal)
+        else:
+            self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True,
+                                             past_length=past_length)
+        check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask,
+                              shared=rewrites.is_fast(self.config))
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
-
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_self = () if output_attentions else None
-        all_cross = () if output_attentions else None
         for layer in self.layers:
-            hidden, self_w, cross_w = layer(
-                hidden, self_mask, encoder_hidden_states, cross_mask, cache, output_attentions
-            )
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_self += (self_w,)
-                all_cross += (cross_w,)
-        hidden, all_hidden = self.final_norm(hidden, all_hidden)
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden,
-            **cache_field(cache),
-            hidden_states=all_hidden,
-            attentions=all_self,
-            cross_attentions=all_cross,
-        )
-        return output if return_dict is not False else output.to_tuple()
+            hidden = layer(hidden, self_mask, encoder_hidden_states, cross_mask, cache, bool(output_attentions))
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.final_norm(hidden), **cache_field(cache))
 
 
 class ScratchTransformerModel(ScratchTransformerPreTrainedModel):
@@ -475,9 +444,9 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         """Make the cache follow the beams that beam search keeps: row ``i`` continues row ``beam_idx[i]``.
 
         Only the self-attention cache is reordered. Beam search picks the next beams of a source among that source's
-        own beams, and their cross-attention keys and values are identical (the encoder output repeated
-        ``num_beams`` times), so reordering them would copy every layer's encoder keys and values onto themselves
-        at every step.
+        own beams, whose cross-attention keys and values are the same: one row per beam, all equal (the encoder
+        output repeated ``num_beams`` times), or one row per source (``forward_implementation="fast"``). Reordering
+        them would copy every layer's encoder keys and values onto themselves at every step.
         """
         if isinstance(cache, EncoderDecoderCache):
             cache.self_attention_cache.reorder_cache(beam_idx)
@@ -489,15 +458,14 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,
         **model_kwargs,
     ) -> tuple[Optional[torch.Tensor], dict]:
-        """Give each source ``expand_size`` decoder rows (beams, or ``num_return_sequences`` samples) that share one
-        copy of its encoder output.
+        """Give each source ``expand_size`` decoder rows (beams, or ``num_return_sequences`` samples).
 
-        transformers repeats the encoder's last hidden state and mask ``expand_size`` times; our cross-attention
-        serves ``k`` consecutive decoder rows from one encoder row (``layers.fold_rows``). That saves the repeat,
-        ``k - 1`` of every ``k`` cross-attention key/value projections and cache entries, and reading them at every
-        step. (transformers does not repeat the returned encoder hidden states or attentions either.)
+        transformers repeats the encoder's last hidden state and mask ``expand_size`` times. With
+        ``forward_implementation="fast"`` they share one copy instead: cross-attention serves ``k`` consecutive
+        decoder rows from one encoder row (``rewrites.shared_source_rows``), which saves the repeat, ``k - 1`` of
+        every ``k`` cross-attention key/value projections and cache entries, and reading them at every step.
         """
-        if not is_encoder_decoder:
+        if not (is_encoder_decoder and rewrites.is_fast(self.config)):
             return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
         shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
@@ -573,7 +541,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits, labels, ignore_index=-100, label_smoothing=self.config.label_smoothing)
+            loss = cross_entropy(logits, labels, self.config)
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

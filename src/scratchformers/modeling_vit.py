@@ -4,11 +4,11 @@ image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (Pat
 [CLS] token -> add learned position embeddings -> N pre-norm encoder layers (multi-head self-attention and MLP,
 each in add & norm, with stochastic depth) -> final norm -> pool ([CLS] or mean of the patches) -> linear classifier.
 
-The encoder layer is built from the same blocks as the seq2seq Transformer (``layers.py``); its forward pass writes
-them out with exact rewrites that save work (same logits, same gradients): the key bias, which softmax ignores, is
-left out at inference; the value bias is moved into the output bias; each sublayer's last linear layer accumulates
-into the residual; and a classifier's last layer computes the [CLS] token alone, without every token's keys and
-values (``ScratchViTSelfAttention.cls_heads``). Module names follow Hugging Face's ViT
+The encoder layer is composed of the same blocks as the seq2seq Transformer (``layers.py``). With
+``config.forward_implementation="fast"`` it runs their exact rewrites instead (``rewrites.vit_layer_forward``: the
+key bias left out at inference, the value bias moved into the output bias, each sublayer's last linear layer
+accumulated into the residual, and a classifier's last layer computing the [CLS] token alone). Module names follow
+Hugging Face's ViT
 (``vit.embeddings.patch_embeddings.projection``, ``classifier`` ...) so the weight port in ``convert_vit.py`` is a
 renaming.
 """
@@ -20,15 +20,16 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import IMAGE_PROCESSOR_NAME
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from . import rewrites
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
-from .layers import AddNorm, FeedForward, MultiHeadAttention, init_weights, make_norm
-from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
+from .layers import AddNorm, FeedForward, MultiHeadAttention, make_norm
+from .modeling_base import ScratchPreTrainedModel, cross_entropy
 
 
 class PatchEmbedding(nn.Module):
@@ -110,76 +111,18 @@ class ScratchViTEmbeddings(nn.Module):
         return self.dropout(tokens)
 
 
-class ScratchViTSelfAttention(MultiHeadAttention):
-    """``layers.MultiHeadAttention`` (same parameters) with ``heads``: the attention before the output projection,
-    so that the layer can fold that projection into its residual add (``AddNorm.add_linear``); for the [CLS] query alone
-    without the keys and values of every token (``cls_heads``); and without two bias terms that cannot change the
-    result:
-
-    - the key bias adds ``q · b_k`` to every score of a query's row, and softmax ignores a constant shift of a row.
-      It is left out when no gradients are computed (in training ``b_k`` keeps its gradient, which is zero);
-    - the value bias: each row of attention weights sums to 1, so ``Σ_j p_ij (v_j + b_v) = Σ_j p_ij v_j + b_v``,
-      and ``b_v`` reaches the output as ``W_o b_v``: it is added to the output bias instead of to every value (not
-      under active attention dropout, whose weights no longer sum to 1).
-    """
-
-    def heads(
-        self, hidden_states: torch.Tensor, cls_only: bool = False, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(concatenated heads ``[B, Tq, d]``, the output projection's effective bias, weights or None) of every
-        token or, with ``cls_only``, of the [CLS] query alone attending to every token (``cls_heads``)."""
-        if cls_only and not output_attentions:
-            return self.cls_heads(hidden_states), self.out_proj.bias, None
-        queries = hidden_states[:, :1] if cls_only else hidden_states
-        query = self._split_heads(self.q_proj(queries))
-        key_bias = self.k_proj.bias if torch.is_grad_enabled() else None
-        key = self._split_heads(nn.functional.linear(hidden_states, self.k_proj.weight, key_bias))
-        value_bias, out_bias = self.v_proj.bias, self.out_proj.bias
-        if value_bias is not None and out_bias is not None and not (self.training and self.dropout > 0):
-            value_bias, out_bias = None, torch.addmv(out_bias, self.out_proj.weight, value_bias)
-        value = self._split_heads(nn.functional.linear(hidden_states, self.v_proj.weight, value_bias))
-
-        output, weights = self.attend_heads(query, key, value, None, output_attentions)
-        return output.reshape(queries.shape[0], queries.shape[1], self.embed_dim), out_bias, weights
-
-    def cls_heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The heads ``[B, 1, d]`` of the [CLS] query attending to every token, without the keys and values of every
-        token (two ``[B·T, d] x [d, d]`` products): per head, with ``x_j`` the tokens' inputs,
-
-            score_j = q · (W_k x_j + b_k) = (W_kᵀ q) · x_j + q · b_k
-            output  = Σ_j p_j (W_v x_j + b_v) = W_v (Σ_j p_j x_j) + b_v
-
-        so the query is taken back to the input space once, and the weighted mean of the inputs forward once.
-        (``q · b_k`` is the same for every key, so it changes nothing; it is kept so that ``b_k`` gets its gradient.)
-        """
-        batch, _, dim = hidden_states.shape
-        heads, head_dim = self.num_heads, self.head_dim
-        # Products batched over the heads: [H, B, D] x [H, D, d] (a broadcast over B would expand W in backward).
-        query = (self.q_proj(hidden_states[:, 0]) * self.scaling).view(batch, heads, head_dim).transpose(0, 1)
-        query_in_input_space = torch.bmm(query, self.k_proj.weight.view(heads, head_dim, dim)).transpose(0, 1)
-        scores = torch.bmm(query_in_input_space, hidden_states.transpose(1, 2))  # [B, H, T]
-        if self.k_proj.bias is not None:
-            scores = scores + (query * self.k_proj.bias.view(heads, 1, head_dim)).sum(-1).T[..., None]
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-        weights = nn.functional.dropout(weights, p=self.dropout, training=self.training)
-        mean_input = torch.bmm(weights, hidden_states).transpose(0, 1)  # [H, B, d]
-        output = torch.bmm(mean_input, self.v_proj.weight.view(heads, head_dim, dim).transpose(1, 2))  # [H, B, D]
-        if self.v_proj.bias is not None:
-            output = output + self.v_proj.bias.view(heads, 1, head_dim)
-        return output.transpose(0, 1).reshape(batch, 1, dim)
-
-
 class ScratchViTLayer(GradientCheckpointingLayer):
     """Self-attention sublayer and MLP sublayer, each wrapped in add & norm (pre-norm by default) + stochastic depth."""
 
     def __init__(self, config: ScratchViTConfig, layer_idx: int, drop_path: float = 0.0):
         super().__init__()
+        self.config = config
         d = config.d_model
 
         def add_norm() -> AddNorm:
             return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps, drop_path)
 
-        self.self_attn = ScratchViTSelfAttention(
+        self.self_attn = MultiHeadAttention(
             config, d, config.num_heads, config.attention_dropout, bias=config.qkv_bias,
             is_causal=False, layer_idx=layer_idx, out_bias=True,
         )
@@ -187,63 +130,25 @@ class ScratchViTLayer(GradientCheckpointingLayer):
         self.ffn = FeedForward(d, config.ffn_dim, config.activation)
         self.ffn_add_norm = add_norm()
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """New states of all tokens or, with ``cls_only``, of the [CLS] token alone (``[B, 1, d]``): its query still
-        attends to every token, but the attention output, the add & norms and the MLP run on one token.
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False) -> torch.Tensor:
+        """``x = add_norm(x, attention)``, then ``x = add_norm(x, ffn)``.
 
-        The same computation as ``reference_forward``, written out to let each sublayer's last linear layer
-        accumulate into the residual (``AddNorm.add_linear``). That rewrite reads the projections' weights, so it
-        runs only while every projection is a plain ``nn.Linear``: a wrapped or replaced one (peft LoRA adapters,
-        ``torch.ao`` dynamic int8, ...) must be called as a module, which ``reference_forward`` does."""
-        if not self.has_plain_projections():
-            return self.reference_forward(hidden_states, output_attentions, cls_only)
-        x = hidden_states
-        heads, out_bias, attn_weights = self.self_attn.heads(
-            self.self_attn_add_norm.sublayer_input(x), cls_only, output_attentions
-        )
-        residual = x[:, :1] if cls_only else x
-        x = self.self_attn_add_norm.add_linear(residual, heads, self.self_attn.out_proj.weight, out_bias)
-        hidden = self.ffn.hidden(self.ffn_add_norm.sublayer_input(x))
-        x = self.ffn_add_norm.add_linear(x, hidden, self.ffn.fc2.weight, self.ffn.fc2.bias)
-        return x, attn_weights
-
-    def has_plain_projections(self) -> bool:
-        attention = self.self_attn
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, self.ffn.fc1, self.ffn.fc2)
-        return all(type(projection) is nn.Linear for projection in projections)
-
-    def reference_forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The layer as the notes write it: ``x = add_norm(x, attention(x))``, then ``x = add_norm(x, ffn(x))``,
-        each block called as a module (with ``cls_only`` the [CLS] query alone attends to every token)."""
-        x = hidden_states
-        normed = self.self_attn_add_norm.sublayer_input(x)
-        queries, residual = (normed[:, :1], x[:, :1]) if cls_only else (normed, x)
-        attn_out, attn_weights = self.self_attn(
-            queries, key_value_states=normed if cls_only else None, output_attentions=output_attentions
-        )
-        x = self.self_attn_add_norm(residual, attn_out)
-        x = self.ffn_add_norm(x, self.ffn(self.ffn_add_norm.sublayer_input(x)))
-        return x, attn_weights
+        With ``forward_implementation="fast"`` (pre-norm, plain ``nn.Linear`` projections, no attention weights
+        asked for) its exact rewrite runs instead, which with ``cls_only`` computes the [CLS] token alone."""
+        if (rewrites.is_fast(self.config) and self.self_attn_add_norm.pre_norm and not output_attentions
+                and rewrites.has_plain_projections(self)):
+            return rewrites.vit_layer_forward(self, hidden_states, cls_only)
+        x = self.self_attn_add_norm(hidden_states, lambda h: self.self_attn(h, output_attentions=output_attentions)[0])
+        return self.ffn_add_norm(x, self.ffn)
 
 
-class ScratchViTPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedModel):
+class ScratchViTPreTrainedModel(ScratchPreTrainedModel):
     config_class = ScratchViTConfig
     config: ScratchViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchViTEmbeddings", "ScratchViTLayer"]
-    _supports_sdpa = True
-    # forward(**kwargs) would make the Trainer treat the loss as a sum over processes and rescale it under DDP.
-    accepts_loss_kwargs = False
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _can_compile_fullgraph = False
     _remote_auto_map = {
         "AutoConfig": "configuration_vit.ScratchViTConfig",
         "AutoModel": "modeling_vit.ScratchViTModel",
@@ -254,7 +159,7 @@ class ScratchViTPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrained
     def _init_weights(self, module: nn.Module) -> None:
         """Linear layers and norms as in ``layers.init_weights``; patch projection, [CLS] and positions likewise."""
         std = self.config.init_std
-        init_weights(module, std)
+        super()._init_weights(module)
         if isinstance(module, PatchEmbedding):
             nn.init.trunc_normal_(module.projection.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(module.projection.bias)
@@ -274,6 +179,8 @@ class ScratchViTPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrained
 
 class ScratchViTModel(ScratchViTPreTrainedModel):
     """The bare ViT (AutoModel): all token states and the pooled image representation."""
+
+    _can_record_outputs = {"hidden_states": ScratchViTLayer, "attentions": OutputRecorder(MultiHeadAttention, index=1)}
 
     def __init__(self, config: ScratchViTConfig):
         super().__init__(config)
@@ -296,23 +203,24 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
             return hidden_states[:, 1:].mean(dim=1)
         return hidden_states[:, 0]
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: Optional[torch.Tensor] = None,
         interpolate_pos_encoding: Optional[bool] = None,
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         pooled_only: bool = False,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """``last_hidden_state`` (after the final norm), ``pooler_output``; per-layer ``hidden_states`` (embeddings
-        + one per layer, before the final norm, as in Hugging Face's ViT) and ``attentions`` when asked.
+        + one per layer, before the final norm, as in Hugging Face's ViT) and ``attentions`` when asked (recorded
+        by ``capture_outputs`` from the layers and attention modules).
 
-        ``pooled_only=True`` says that only ``pooler_output`` will be read (a classifier's case). With [CLS] pooling
-        the last layer then computes the [CLS] token alone and ``last_hidden_state`` holds only that token: the
-        same pooled vector for a fraction of the last layer's work. Ignored when hidden states or attentions are
-        returned, and with mean pooling (which reads every token)."""
+        ``pooled_only=True`` says that only ``pooler_output`` will be read (a classifier's case). With
+        ``forward_implementation="fast"`` and [CLS] pooling the last layer then computes the [CLS] token alone and
+        ``last_hidden_state`` holds only that token: the same pooled vector for a fraction of the last layer's
+        work. Ignored when hidden states or attentions are returned, and with mean pooling."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values (images as a [batch, channels, height, width] tensor).")
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
@@ -323,22 +231,13 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
         hidden = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_attn = () if output_attentions else None
-        cls_only = pooled_only and self.config.pooling == "cls" and not (output_hidden_states or output_attentions)
+        cls_only = (pooled_only and rewrites.is_fast(self.config) and self.config.pooling == "cls"
+                    and not (output_hidden_states or output_attentions))
         for i, layer in enumerate(self.layers):
-            hidden, weights = layer(hidden, output_attentions, cls_only=cls_only and i == len(self.layers) - 1)
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_attn += (weights,)
+            hidden = layer(hidden, output_attentions, cls_only=cls_only and i == len(self.layers) - 1)
         if self.layer_norm is not None:
             hidden = self.layer_norm(hidden)
-
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.pool(hidden), hidden_states=all_hidden, attentions=all_attn
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden))
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ScratchViTConfig) -> torch.Tensor:
@@ -346,7 +245,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Scra
 
     - ``regression`` (num_labels == 1, or set explicitly): mean squared error;
     - ``single_label_classification`` (integer labels): cross-entropy, label-smoothed by ``config.label_smoothing``,
-      ignoring label -100;
+      ignoring label -100 (``modeling_base.cross_entropy``, the seq2seq model's loss too);
     - ``multi_label_classification`` (float multi-hot labels): binary cross-entropy with logits.
     """
     num_labels = config.num_labels
@@ -364,9 +263,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Scra
             return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
         return nn.functional.mse_loss(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
-        return nn.functional.cross_entropy(
-            logits.view(-1, num_labels), labels.view(-1), ignore_index=-100, label_smoothing=config.label_smoothing
-        )
+        return cross_entropy(logits.view(-1, num_labels), labels.view(-1), config)
     return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -397,6 +294,9 @@ class ScratchViTForImageClassification(ScratchViTPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         """Logits ``[B, num_labels]``; with ``labels`` also the loss (see ``classification_loss``)."""
+        config = self.config
+        output_attentions = bool(output_attentions if output_attentions is not None else config.output_attentions)
+        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states)
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,

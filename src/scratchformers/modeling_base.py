@@ -1,0 +1,32 @@
+"""What the Transformer's and the ViT's ``PreTrainedModel`` classes share: checked loading, self-contained
+checkpoints, the capabilities transformers reads, the initialisation, and the one loss both models train with."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from . import layers, rewrites
+from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
+
+
+class ScratchPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedModel):
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+    # forward(**kwargs) would make the Trainer treat the loss as a sum over processes and rescale it under DDP.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        layers.init_weights(module, self.config.init_std)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """The loss of both models: cross-entropy ignoring label -100, label-smoothed by ``config.label_smoothing``
+    (``layers.cross_entropy``, or its rewrite with ``forward_implementation="fast"``)."""
+    loss = rewrites.cross_entropy if rewrites.is_fast(config) else layers.cross_entropy
+    return loss(logits, labels, ignore_index=-100, label_smoothing=config.label_smoothing)
