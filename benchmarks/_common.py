@@ -92,6 +92,8 @@ def add_common_arguments(parser, rounds: int) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (robust on a shared machine with --threads 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--forward-implementation", choices=["reference", "fast"], default="fast",
+                        help="ours: the reference composition of layers.py, or its exact rewrites (rewrites.py)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
 
 

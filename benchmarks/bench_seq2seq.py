@@ -228,6 +228,7 @@ def main(argv=None) -> dict:
     skip = set(filter(None, args.skip.split(",")))
 
     ours, hf = build_models(args.size, args.vocab, args.seed)
+    ours.config.forward_implementation = args.forward_implementation
     batch = make_batch(args, torch.Generator().manual_seed(args.seed))
     load_before = loadavg()
     report: dict = {"size": args.size, "batch": args.batch, "src_len": args.src_len, "tgt_len": args.tgt_len,
@@ -274,6 +275,7 @@ def main(argv=None) -> dict:
     if args.compile:
         report["compile"] = compile_report(copy.deepcopy(ours), batch, args)
 
+    report["forward_implementation"] = args.forward_implementation
     report["load_avg"] = [load_before, loadavg()]
     report["device"] = machine(args.clock)
     print(json.dumps(report))

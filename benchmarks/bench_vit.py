@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
     batch = args.batch or dims["batch"]
 
     ours, hf = build_models(args.size, args.seed)
+    ours.config.forward_implementation = args.forward_implementation
     generator = torch.Generator().manual_seed(args.seed)
     pixels = torch.randn(batch, 3, dims["image"], dims["image"], generator=generator)
     labels = torch.randint(0, dims["labels"], (batch,), generator=generator)
@@ -185,6 +186,7 @@ def main(argv=None) -> dict:
     if args.compile:
         report["compile"] = compile_report(copy.deepcopy(ours), pixels, labels, args)
 
+    report["forward_implementation"] = args.forward_implementation
     report["load_avg"] = [load_before, loadavg()]
     report["device"] = machine(args.clock)
     print(json.dumps(report))

@@ -127,6 +127,27 @@ def test_an_explicit_load_best_model_at_end_is_kept_and_checked_by_the_trainer()
         run.parse_args(["--save_strategy", "no", "--load_best_model_at_end", "True"])
 
 
+def test_the_model_computes_the_one_loss_with_the_label_smoothing_flag(tmp_path, padded_batch):
+    """The Trainer's label smoother is off: --label_smoothing_factor goes into the model's config, and the loss
+    that trains is the model's own (the function a reader finds in the model code)."""
+    from conftest import tiny_transformer_config
+    from scratchformers import ScratchTransformerForConditionalGeneration
+    from scratchformers.layers import cross_entropy
+
+    model = ScratchTransformerForConditionalGeneration(tiny_transformer_config()).train()
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to="none", use_cpu=True)
+    trainer = run.ScratchSeq2SeqTrainer(model=model, args=args)
+    assert trainer.label_smoother is None and model.config.label_smoothing == 0.1
+    inputs = {"input_ids": padded_batch["input_ids"], "attention_mask": padded_batch["attention_mask"],
+              "labels": padded_batch["decoder_input_ids"]}
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, dict(inputs))
+    torch.manual_seed(0)
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"},
+                   decoder_input_ids=model.prepare_decoder_input_ids_from_labels(inputs["labels"])).logits
+    torch.testing.assert_close(loss, cross_entropy(logits, inputs["labels"], label_smoothing=0.1))
+
+
 def test_unknown_task_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.parse_args(["--task", "summarization"])

@@ -141,6 +141,12 @@ class ModelArguments:
     attn_implementation: Optional[str] = field(
         default=None, metadata={"help": "Attention kernel: 'sdpa' (default) or 'eager' (needed for additive scoring)."}
     )
+    forward_implementation: str = field(
+        default="fast",
+        metadata={"help": "'fast': the exact speed rewrites of rewrites.py (same results, less work); 'reference': "
+                  "the layers of layers.py as composed in the notes (the models' own default).",
+                  "choices": ["fast", "reference"]},
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache directory for datasets and hub files."})
     save_evaluated_model: bool = field(
         default=False,
@@ -554,6 +560,7 @@ def build_translation_model(model_args, data_args, tokenizer, resume_from: Optio
             config = apply_config_overrides(config, model_args.config_overrides)
         model = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
     check_tokenizer_matches(tokenizer, model.config)
+    model.config.forward_implementation = model_args.forward_implementation
     return model
 
 
@@ -670,6 +677,7 @@ def build_vit(model_args, labels: list[str], num_channels: int, resume_from: Opt
             )
             config = apply_config_overrides(config, model_args.config_overrides)
         model = AutoModelForImageClassification.from_config(config, **kwargs)
+    model.config.forward_implementation = model_args.forward_implementation
     return model
 
 
