@@ -1,4 +1,4 @@
-"""The saved image processor and pipeline("image-classification"): PIL images of every common mode (8-bit, 16-bit,
+"""The saved image processor (and the pipeline's use of it): PIL images of every common mode (8-bit, 16-bit,
 32-bit integer and float, alpha, palette, CMYK, 1-bit), paths, numpy arrays and torch tensors of every layout and
 4-D batches, odd sizes, 1-channel models; the pixel values that reach the model, checked against numpy; and clear
 errors for inputs that are not images, are empty or are out of their range. Pillow only (no torchvision)."""
@@ -16,46 +16,7 @@ from transformers import AutoImageProcessor, pipeline
 
 import scratchformers as sf
 
-from vit_fixtures import LABELS, random_image, tiny_vit
-
-
-@pytest.fixture(scope="module", params=[3, 1], ids=["rgb_model", "grayscale_model"])
-def saved_vit(request, tmp_path_factory):
-    """A tiny ViT for ``num_channels`` 3 or 1, saved (with its default image processor) to a directory."""
-    path = tmp_path_factory.mktemp(f"vit{request.param}")
-    model = tiny_vit(num_channels=request.param)
-    model.save_pretrained(path)
-    return model, path
-
-
-def inputs(tmp_path):
-    """Every input kind a user may pass, at odd sizes."""
-    random_image(41, 29).save(tmp_path / "photo.png")
-    random_image(30, 30, mode="RGBA").save(tmp_path / "transparent.png")
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 65536, (27, 44), dtype=np.uint16)).save(tmp_path / "sixteen_bit.png")
-    return {
-        "pil_16_bit": Image.fromarray(rng.integers(0, 65536, (35, 22), dtype=np.uint16)),
-        "pil_float": Image.fromarray(rng.random((23, 38), dtype=np.float32)),
-        "pil_cmyk": random_image(33, 20).convert("CMYK"),
-        "pil_gray_alpha": random_image(26, 31).convert("LA"),
-        "pil_1_bit": random_image(29, 33).convert("1"),
-        "png_16_bit_path": str(tmp_path / "sixteen_bit.png"),
-        "numpy_uint16": rng.integers(0, 65536, (24, 37, 3), dtype=np.uint16),
-        "numpy_float": rng.random((3, 21, 34)),
-        "torch_float": torch.rand(22, 36, 3, generator=torch.Generator().manual_seed(0)),
-        "pil_rgb": random_image(37, 53),
-        "pil_grayscale": random_image(33, 47, mode="L"),
-        "pil_rgba": random_image(31, 35, mode="RGBA"),
-        "pil_palette": random_image(39, 21, mode="P"),
-        "png_path": str(tmp_path / "photo.png"),
-        "rgba_png_path": str(tmp_path / "transparent.png"),
-        "numpy_hwc": rng.integers(0, 256, (45, 27, 3), dtype=np.uint8),
-        "numpy_rgba": rng.integers(0, 256, (25, 26, 4), dtype=np.uint8),
-        "numpy_2d_grayscale": rng.integers(0, 256, (19, 64), dtype=np.uint8),
-        "numpy_chw": rng.integers(0, 256, (3, 20, 35), dtype=np.uint8),
-        "tiny_7x5": random_image(7, 5),
-    }
+from vit_fixtures import LABELS, input_kinds, random_image, saved_vit, tiny_vit  # noqa: F401 (saved_vit: a fixture)
 
 
 def test_the_processor_loads_without_torchvision_and_converts_channels(saved_vit):
@@ -69,27 +30,10 @@ def test_every_input_kind_gives_pixel_values_of_the_model_shape(saved_vit, tmp_p
     model, path = saved_vit
     processor = AutoImageProcessor.from_pretrained(path)
     channels = model.config.num_channels
-    for name, image in inputs(tmp_path).items():
+    for name, image in input_kinds(tmp_path).items():
         pixel_values = processor(image, return_tensors="pt").pixel_values
         assert pixel_values.shape == (1, channels, 32, 32), name
         assert pixel_values.min() >= -1 and pixel_values.max() <= 1, name
-
-
-def test_the_pipeline_classifies_every_input_kind(saved_vit, tmp_path):
-    model, path = saved_vit
-    classify = pipeline("image-classification", model=str(path))
-    for name, image in inputs(tmp_path).items():
-        result = classify(image, top_k=3)
-        assert sorted(r["label"] for r in result) == sorted(LABELS.values()), name
-        assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5), name
-        # the pipeline hands every input to the processor unconverted (transformers' load_image would make 8-bit RGB)
-        with torch.no_grad():
-            pixel_values = classify.image_processor(image, return_tensors="pt").pixel_values
-            probabilities = model(pixel_values).logits.softmax(-1)[0]
-        assert result[0]["label"] == LABELS[int(probabilities.argmax())], name
-        assert result[0]["score"] == pytest.approx(float(probabilities.max()), abs=1e-5), name
-    batch = classify([inputs(tmp_path)["pil_rgb"], inputs(tmp_path)["numpy_2d_grayscale"]])
-    assert len(batch) == 2
 
 
 def test_grayscale_and_color_are_converted_like_pillow():
@@ -118,18 +62,6 @@ def test_grayscale_and_color_are_converted_like_pillow():
         pixels(color_processor, np.asarray(rgba)), pixels(color_processor, composited), **exactly
     )
     torch.testing.assert_close(pixels(gray_processor, np.asarray(rgba)), pixels(gray_processor, rgba), **exactly)
-
-
-def test_loading_the_pipeline_asks_no_question(saved_vit, monkeypatch):
-    """transformers would prompt "Do you wish to run the custom code?" for a video processor it guesses."""
-
-    def no_prompt(*args, **kwargs):
-        raise AssertionError(f"pipeline() prompted: {args}")
-
-    monkeypatch.setattr(builtins, "input", no_prompt)
-    _, path = saved_vit
-    classify = pipeline("image-classification", model=str(path))
-    assert type(classify.image_processor) is sf.ScratchViTImageProcessorPil
 
 
 def test_inputs_that_are_not_images_give_clear_errors(saved_vit, tmp_path):
@@ -351,26 +283,6 @@ def test_each_image_of_a_batch_gets_its_own_row():
             for row, intensity in zip(pixel_values, intensities):
                 torch.testing.assert_close(row, expected_pixel_values(np.asarray(intensity), channels),
                                            atol=3 * LEVEL if "uint8" in name else 2e-5, rtol=0, msg=name)
-
-
-def test_the_pipeline_gives_one_prediction_per_image_of_a_4d_batch(saved_vit):
-    model, path = saved_vit
-    classify = pipeline("image-classification", model=str(path))
-    rng = np.random.default_rng(3)
-    for batch in (
-        rng.integers(0, 256, (2, 29, 41, 3), dtype=np.uint8),
-        rng.integers(0, 65536, (2, 3, 20, 20), dtype=np.uint16),
-        torch.rand(2, 1, 30, 30, generator=torch.Generator().manual_seed(0)),
-    ):
-        results = classify(batch, top_k=3)
-        assert len(results) == 2, type(batch)
-        for image, result in zip(batch, results):
-            with torch.no_grad():
-                pixel_values = classify.image_processor(image, return_tensors="pt").pixel_values
-                probabilities = model(pixel_values).logits.softmax(-1)[0]
-            scores = {r["label"]: r["score"] for r in result}
-            for index, label in LABELS.items():
-                assert scores[label] == pytest.approx(float(probabilities[index]), abs=1e-5)
 
 
 def test_the_pipeline_gives_the_model_16_bit_float_and_transparent_files_at_full_precision(saved_vit, tmp_path):

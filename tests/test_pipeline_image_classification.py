@@ -1,0 +1,64 @@
+"""pipeline("image-classification") on a saved ViT: every input kind handed to the processor unconverted, one
+prediction per image of a batch, and no prompt to run custom code."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+import scratchformers as sf
+
+from vit_fixtures import LABELS, input_kinds, saved_vit  # noqa: F401 (saved_vit: a fixture)
+
+
+def test_the_pipeline_classifies_every_input_kind(saved_vit, tmp_path):
+    model, path = saved_vit
+    classify = pipeline("image-classification", model=str(path))
+    for name, image in input_kinds(tmp_path).items():
+        result = classify(image, top_k=3)
+        assert sorted(r["label"] for r in result) == sorted(LABELS.values()), name
+        assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5), name
+        # the pipeline hands every input to the processor unconverted (transformers' load_image would make 8-bit RGB)
+        with torch.no_grad():
+            pixel_values = classify.image_processor(image, return_tensors="pt").pixel_values
+            probabilities = model(pixel_values).logits.softmax(-1)[0]
+        assert result[0]["label"] == LABELS[int(probabilities.argmax())], name
+        assert result[0]["score"] == pytest.approx(float(probabilities.max()), abs=1e-5), name
+    batch = classify([input_kinds(tmp_path)["pil_rgb"], input_kinds(tmp_path)["numpy_2d_grayscale"]])
+    assert len(batch) == 2
+
+
+def test_loading_the_pipeline_asks_no_question(saved_vit, monkeypatch):
+    """transformers would prompt "Do you wish to run the custom code?" for a video processor it guesses."""
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError(f"pipeline() prompted: {args}")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    _, path = saved_vit
+    classify = pipeline("image-classification", model=str(path))
+    assert type(classify.image_processor) is sf.ScratchViTImageProcessorPil
+
+
+def test_the_pipeline_gives_one_prediction_per_image_of_a_4d_batch(saved_vit):
+    model, path = saved_vit
+    classify = pipeline("image-classification", model=str(path))
+    rng = np.random.default_rng(3)
+    for batch in (
+        rng.integers(0, 256, (2, 29, 41, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (2, 3, 20, 20), dtype=np.uint16),
+        torch.rand(2, 1, 30, 30, generator=torch.Generator().manual_seed(0)),
+    ):
+        results = classify(batch, top_k=3)
+        assert len(results) == 2, type(batch)
+        for image, result in zip(batch, results):
+            with torch.no_grad():
+                pixel_values = classify.image_processor(image, return_tensors="pt").pixel_values
+                probabilities = model(pixel_values).logits.softmax(-1)[0]
+            scores = {r["label"]: r["score"] for r in result}
+            for index, label in LABELS.items():
+                assert scores[label] == pytest.approx(float(probabilities[index]), abs=1e-5)
