@@ -272,3 +272,23 @@ def test_training_data_of_one_class_is_refused(tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DatasetError, match=r"The training data has only the class \['cat'\]; a classifier needs at"):
         load_image_dataset(train_file=str(tmp_path / "train.jsonl"), cache_dir=str(tmp_path / "c"))
+
+
+def test_plain_labels_share_one_sorted_class_label_and_carved_splits(tmp_path):
+    """Integer labels are named in value order ("10" after "9"); validation and test are carved, 5% each."""
+    from PIL import Image
+
+    rows = []
+    for i in range(24):
+        Image.new("L", (8, 8), 10 * i).save(tmp_path / f"{i}.png")
+        rows.append({"image": str(tmp_path / f"{i}.png"), "label": i % 12})
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    ds = load_image_dataset(train_file=train, cache_dir=str(tmp_path / "c"))
+    assert {s: len(ds[s]) for s in ds} == {"train": 20, "validation": 2, "test": 2}
+    names = [str(i) for i in range(12)]
+    assert all(ds[s].features["label"].names == names for s in ds)
+    for split in ds:  # each image keeps its own label: pixel value 10 * i belongs to class i % 12
+        assert all(e["image"].getpixel((0, 0)) // 10 % 12 == e["label"] for e in ds[split])
+    fox = write_jsonl(tmp_path / "valid.jsonl", rows[:3] + [{"image": rows[0]["image"], "label": 12}])
+    with pytest.raises(DatasetError, match=r"The validation data has classes \['12'\] that the training data does not"):
+        load_image_dataset(train_file=train, validation_file=fox, cache_dir=str(tmp_path / "c"))

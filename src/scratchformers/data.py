@@ -325,7 +325,7 @@ def _to_source_target(dataset: Dataset, split: str, source_lang: Optional[str], 
 
 
 def _complete_splits(splits: dict[str, Dataset], holdout_fraction: float = 0.05) -> DatasetDict:
-    """Carve missing validation/test splits off the training split (a fixed, seed-independent shuffle)."""
+    """Carve missing validation/test splits off train (``train_test_split`` on DATA_SEED, not the training seed)."""
     if "train" not in splits:
         raise DatasetError(f"No training split: found {sorted(splits)}. Pass --train_file or a dataset with 'train'.")
     train = splits["train"]
@@ -337,10 +337,10 @@ def _complete_splits(splits: dict[str, Dataset], holdout_fraction: float = 0.05)
                 f"The training split has {len(train)} rows: too few to hold out {', '.join(missing)}; "
                 "pass --validation_file / --test_file."
             )
-        train = train.shuffle(seed=DATA_SEED)
+        parts = train.train_test_split(test_size=size * len(missing), seed=DATA_SEED)
+        splits["train"] = parts["train"]
         for i, split in enumerate(missing):
-            splits[split] = train.select(range(i * size, (i + 1) * size))
-        splits["train"] = train.select(range(len(missing) * size, len(train)))
+            splits[split] = parts["test"].shard(len(missing), i, contiguous=True)
     return DatasetDict({split: splits[split] for split in SPLITS})
 
 
@@ -583,29 +583,30 @@ def load_image_dataset(
 
 
 def _ensure_class_labels(splits: DatasetDict) -> DatasetDict:
-    """Give every split the same ``ClassLabel`` feature (string labels are encoded in sorted order)."""
-    feature = splits["train"].features["label"]
-    if isinstance(feature, ClassLabel):
-        names = feature.names
-    else:
-        values = set()
-        for ds in splits.values():
-            values.update(ds.unique("label"))
-        names = [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
-    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    """Cast every split's labels to the training split's ``ClassLabel``, so that label ``i`` is one class everywhere.
+
+    Plain labels get sorted names, numbers by value (``class_encode_column`` sorts "10" before "2" and encodes each
+    split apart), over all splits so that ``_check_classes_present`` can name a class that training lacks.
+    """
+    label = splits["train"].features["label"]
+    if not isinstance(label, ClassLabel):
+        values = {v for ds in splits.values() for v in ds.unique("label")}
+        label = ClassLabel(names=[str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))])
     out = {}
     for split, ds in splits.items():
-        if isinstance(ds.features["label"], ClassLabel) and ds.features["label"].names == names:
-            out[split] = ds
-            continue
-        if isinstance(ds.features["label"], ClassLabel):
-            ds = ds.map(lambda b, f=ds.features["label"]: {"label": [f.int2str(v) for v in b["label"]]}, batched=True,
+        feature = ds.features["label"]
+        if feature != label:
+            to_names = feature.int2str if isinstance(feature, ClassLabel) else lambda values: [str(v) for v in values]
+            ds = ds.map(lambda batch: {"label": to_names(batch["label"])}, batched=True,
                         features=Features({"image": Image(), "label": Value("string")}))
-        unknown = {str(v) for v in ds.unique("label")} - set(names)
-        if unknown:
-            raise DatasetError(f"The {split} data has labels {sorted(unknown)} that the training data does not have.")
-        out[split] = ds.map(lambda b: {"label": [names.index(str(v)) for v in b["label"]]}, batched=True,
-                            features=features)
+            # Checked here: ClassLabel would read an unknown name such as "3" as index 3.
+            unknown = set(ds.unique("label")) - set(label.names)
+            if unknown:
+                raise DatasetError(
+                    f"The {split} data has labels {sorted(unknown)} that the training data does not have."
+                )
+            ds = ds.cast_column("label", label)
+        out[split] = ds
     return DatasetDict(out)
 
 
