@@ -15,6 +15,8 @@ from scratchformers.layers import (
     sinusoidal_table,
 )
 
+from conftest import tiny_transformer_config
+
 
 def test_padding_mask_gives_zero_weight_to_padding():
     scores = torch.randn(2, 1, 3, 4)
@@ -136,3 +138,82 @@ def test_cross_entropy_and_its_gradient_equal_torchs(smoothing):
     assert torch.isnan(cross_entropy(logits, torch.full((2, 5), -100)))  # nothing to average, like torch
 
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Later papers' variants: rotary positions, gated FFN, qk-norm, grouped-query attention
+# --------------------------------------------------------------------------------------------------------------
+def test_rotary_turns_each_feature_pair_by_position_times_its_frequency():
+    """Against the complex-number form of RoFormer: feature pair (i, i + D/2) as z = x_i + j·x_{i+D/2}, times
+    e^{j·m·θ_i} at position m; the score then depends only on the distance between the positions."""
+    from scratchformers.layers import RotaryPositionalEncoding, apply_rotary
+
+    dim, positions = 8, torch.arange(5)
+    x = torch.randn(1, 2, 5, dim, generator=torch.Generator().manual_seed(0))
+    rotated = apply_rotary(x, *RotaryPositionalEncoding(dim)(positions))
+    theta = 10000.0 ** (-torch.arange(0, dim, 2).double() / dim)
+    z = torch.complex(x[..., : dim // 2].double(), x[..., dim // 2:].double())
+    expected = z * torch.polar(torch.ones(5, dim // 2, dtype=torch.float64), positions[:, None].double() * theta)
+    torch.testing.assert_close(rotated.double(), torch.cat([expected.real, expected.imag], -1), atol=1e-5, rtol=0)
+    q, k = torch.randn(2, dim, generator=torch.Generator().manual_seed(1)).unbind(0)
+
+    def score(m, n):
+        cos, sin = RotaryPositionalEncoding(dim)(torch.tensor([m, n]))
+        rq, rk = apply_rotary(torch.stack([q, k])[None, None], cos, sin)[0, 0]
+        return float(rq @ rk)
+
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-4) and score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+
+
+@pytest.mark.parametrize("activation, gate", [("swiglu", torch.nn.functional.silu), ("geglu", torch.nn.functional.gelu)])
+def test_gated_feed_forward_is_fc2_of_the_gated_product(activation, gate):
+    from scratchformers.layers import GatedFeedForward, make_feed_forward
+
+    ffn = make_feed_forward(6, 10, activation)
+    assert isinstance(ffn, GatedFeedForward) and ffn.fc1.out_features == 20
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    w_gate, w_value = ffn.fc1.weight[:10], ffn.fc1.weight[10:]
+    b_gate, b_value = ffn.fc1.bias[:10], ffn.fc1.bias[10:]
+    expected = ffn.fc2(gate(x @ w_gate.T + b_gate) * (x @ w_value.T + b_value))
+    torch.testing.assert_close(ffn(x), expected)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_grouped_query_attention_equals_attention_with_repeated_key_value_heads(attn_implementation):
+    """num_key_value_heads=2 of 4 heads: the same as 4 heads whose key/value projections repeat each group's rows."""
+    from scratchformers.layers import MultiHeadAttention
+
+    config = tiny_transformer_config()
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    grouped = MultiHeadAttention(config, 32, 4, num_key_value_heads=2).eval()
+    full = MultiHeadAttention(config, 32, 4).eval()
+    with torch.no_grad():
+        for name in ("q_proj", "out_proj"):
+            getattr(full, name).load_state_dict(getattr(grouped, name).state_dict())
+        for name in ("k_proj", "v_proj"):  # head g of 2 serves query heads 2g, 2g+1
+            source = getattr(grouped, name)
+            getattr(full, name).weight.copy_(source.weight.view(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
+            getattr(full, name).bias.copy_(source.bias.view(2, 1, 8).expand(2, 2, 8).reshape(32))
+    assert grouped.k_proj.out_features == 16
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    mask = build_attention_mask(torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]), 5, 5, causal=False)
+    torch.testing.assert_close(grouped(x, attention_mask=mask)[0], full(x, attention_mask=mask)[0])
+
+
+def test_qk_norm_normalises_each_heads_queries_and_keys_before_scoring():
+    from scratchformers.layers import MultiHeadAttention
+
+    config = tiny_transformer_config(norm_type="rmsnorm")
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(config, 32, 4, qk_norm=True).eval()
+    x = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1))
+    _, weights = attention(x, output_attentions=True)
+
+    def rms(t):
+        return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + config.layer_norm_eps)
+
+    q = rms(attention.q_proj(x).view(1, 5, 4, 8).transpose(1, 2))
+    k = rms(attention.k_proj(x).view(1, 5, 4, 8).transpose(1, 2))
+    torch.testing.assert_close(weights, torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1))

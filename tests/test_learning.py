@@ -41,6 +41,11 @@ def train_to_copy(model: sf.ScratchTransformerForConditionalGeneration, steps: i
         {"position_embedding": "learned"},
         {"attention_scoring": "additive"},
         {"activation_function": "gelu"},
+        {"position_embedding": "rotary"},
+        {"activation_function": "swiglu"},
+        {"activation_function": "geglu"},
+        {"qk_norm": True},
+        {"num_key_value_heads": 1},
     ],
     ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "paper",
 )

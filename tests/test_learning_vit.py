@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.datasets import load_digits
 
 import scratchformers as sf
 
 
-def test_tiny_vit_learns_8x8_digits():
+VARIANTS = {
+    "paper": {},
+    "rotary": dict(position_embedding="rotary"),
+    "swiglu": dict(activation="swiglu"),
+    "qk_norm": dict(qk_norm=True),
+    "gqa": dict(num_key_value_heads=1),
+}
+
+
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, id=k, marks=() if k == "paper" else pytest.mark.slow) for k, v in VARIANTS.items()]
+)
+def test_tiny_vit_learns_8x8_digits(variant):
     digits = load_digits()  # images: float 0..16, grayscale, 8x8
     config = sf.ScratchViTConfig(
         image_size=8, patch_size=4, num_channels=1, d_model=32, num_layers=2, num_heads=4, ffn_dim=64,
-        id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+        id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)}, **variant,
     )
     # The model's own image processor turns the 2-D arrays into [N, 1, 8, 8] pixels in [-1, 1].
     processor = sf.make_image_processor(config, rescale_factor=1 / 16)

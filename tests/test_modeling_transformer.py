@@ -256,3 +256,38 @@ def test_labels_without_pad_token_id_name_the_fix(padded_batch):
     out = model(input_ids=padded_batch["input_ids"], decoder_input_ids=padded_batch["decoder_input_ids"],
                 labels=padded_batch["decoder_input_ids"])
     assert torch.isfinite(out.loss)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Later papers' variants, each one config value
+# ----------------------------------------------------------------------------------------------------------------
+VARIANTS = {
+    "rotary": dict(position_embedding="rotary"),
+    "swiglu": dict(activation_function="swiglu"),
+    "geglu": dict(activation_function="geglu"),
+    "qk_norm": dict(qk_norm=True),
+    "gqa": dict(num_key_value_heads=2),
+    "all": dict(position_embedding="rotary", activation_function="swiglu", qk_norm=True, num_key_value_heads=1,
+                norm_position="pre"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS)
+def test_variants_agree_across_kernels_and_decode_the_same_with_the_cache(variant, padded_batch):
+    models = {}
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        models[implementation] = sf.ScratchTransformerForConditionalGeneration._from_config(
+            tiny_transformer_config(**variant), attn_implementation=implementation
+        ).eval()
+    with torch.no_grad():
+        logits = {name: model(**padded_batch).logits for name, model in models.items()}
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-5, rtol=1e-5)
+    inputs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"], max_new_tokens=6)
+    for search in (dict(), dict(num_beams=3)):
+        cached = models["sdpa"].generate(**inputs, **search)
+        assert torch.equal(cached, models["sdpa"].generate(**inputs, **search, use_cache=False)), search
+        assert torch.equal(cached, models["eager"].generate(**inputs, **search)), search
+    if "num_key_value_heads" in variant:  # the cache holds the key/value heads only
+        cache = cache_of(models["sdpa"](**padded_batch, use_cache=True))
+        assert cache.self_attention_cache.layers[0].keys.shape[1] == variant["num_key_value_heads"]

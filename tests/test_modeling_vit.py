@@ -315,3 +315,29 @@ def test_set_input_embeddings_replaces_the_patch_embedding():
         replacement.projection.weight.zero_()
         replacement.projection.bias.zero_()
         assert torch.equal(model(pixels()).logits, model(torch.zeros_like(pixels())).logits)  # the new one is used
+
+
+VARIANTS = {
+    "rotary": dict(position_embedding="rotary"),
+    "swiglu": dict(activation="swiglu"),
+    "geglu": dict(activation="geglu"),
+    "qk_norm": dict(qk_norm=True),
+    "gqa": dict(num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS)
+def test_variants_agree_across_kernels_and_with_the_rewrites_switch(variant):
+    """Each variant: eager and sdpa agree; forward_implementation="fast" gives the same logits (the rewrites
+    run where they apply and the reference elsewhere); hidden states and attentions are recorded."""
+    with torch.no_grad():
+        eager = tiny_vit(attn_implementation="eager", **variant)
+        sdpa = tiny_vit(attn_implementation="sdpa", **variant)
+        reference = sdpa(pixels(batch=2)).logits
+        torch.testing.assert_close(eager(pixels(batch=2)).logits, reference, atol=1e-5, rtol=1e-5)
+        sdpa.config.forward_implementation = "fast"
+        torch.testing.assert_close(sdpa(pixels(batch=2)).logits, reference, atol=1e-5, rtol=1e-5)
+        out = eager(pixels(batch=2), output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == len(out.hidden_states) - 1 == 2 and out.attentions[0].shape == (2, 4, 17, 17)
+    if variant.get("position_embedding") == "rotary":
+        assert eager.vit.embeddings.position_embeddings is None  # no table: positions act inside attention

@@ -188,3 +188,35 @@ def test_tokenizer_next_to_a_remote_code_model_loads_without_asking_again(tmp_pa
     )
     asked, vocab = result.stdout.split()
     assert asked == "0" and int(vocab) > 0
+
+
+def test_the_later_papers_variants_load_with_trust_remote_code_where_the_package_is_absent(padded_batch, tmp_path):
+    """Rotary positions, SwiGLU, qk-norm and grouped-query attention together, in both models: the saved code
+    computes what the package computes (greedy with the cache, and the ViT's logits)."""
+    from vit_fixtures import pixels, tiny_vit
+
+    torch.manual_seed(0)
+    variants = dict(position_embedding="rotary", qk_norm=True, num_key_value_heads=2)
+    seq2seq = sf.ScratchTransformerForConditionalGeneration(
+        tiny_transformer_config(activation_function="swiglu", **variants)).eval()
+    vit = tiny_vit(activation="swiglu", **variants)
+    seq2seq.save_pretrained(tmp_path / "seq2seq")
+    vit.save_pretrained(tmp_path / "vit")
+    torch.save({"batch": padded_batch, "pixels": pixels()}, tmp_path / "inputs.pt")
+    run_without_package(f"""
+        import torch
+        from transformers import AutoModelForImageClassification, AutoModelForSeq2SeqLM
+        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
+        batch = inputs["batch"]
+        seq2seq = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / 'seq2seq')!r}, trust_remote_code=True).eval()
+        vit = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'vit')!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = {{"tokens": seq2seq.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                               max_new_tokens=6), "logits": vit(inputs["pixels"]).logits}}
+        torch.save(out, {str(tmp_path / 'out.pt')!r})
+    """, tmp_path)
+    remote = torch.load(tmp_path / "out.pt")
+    expected = seq2seq.generate(padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"], max_new_tokens=6)
+    assert torch.equal(remote["tokens"], expected)
+    with torch.no_grad():
+        torch.testing.assert_close(remote["logits"], vit(pixels()).logits, atol=1e-6, rtol=0)

@@ -5,11 +5,13 @@ Torch-free, so that reading a configuration imports neither torch nor transforme
 
 from __future__ import annotations
 
-ACTIVATIONS = ("relu", "gelu", "silu")
+# Gated variants (GLU, Shazeer 2020) name the activation of their gate.
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
+ACTIVATIONS = ("relu", "gelu", "silu", *GATED_ACTIVATIONS)
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
 ATTENTION_SCORINGS = ("scaled_dot", "additive")
-POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+POSITION_EMBEDDINGS = ("sinusoidal", "learned", "rotary")
 # "reference": the layers of layers.py composed as the notes write them; "fast": the exact rewrites of rewrites.py.
 FORWARD_IMPLEMENTATIONS = ("reference", "fast")
 
@@ -37,3 +39,24 @@ def check_positive_number(name: str, value) -> None:
 def check_heads(dim_name: str, dim: int, heads_name: str, heads: int) -> None:
     if dim % heads != 0:
         raise ValueError(f"{dim_name}={dim} must be divisible by {heads_name}={heads} (each head gets {dim_name}/heads dims).")
+
+
+def check_key_value_heads(num_key_value_heads, **heads: int) -> None:
+    """Grouped-query attention: every query head count must be a multiple of ``num_key_value_heads``."""
+    if num_key_value_heads is None:
+        return
+    check_positive("num_key_value_heads", num_key_value_heads)
+    for name, count in heads.items():
+        if count % num_key_value_heads:
+            raise ValueError(f"{name}={count} must be a multiple of num_key_value_heads={num_key_value_heads} (each "
+                             "key/value head serves a group of query heads); None gives every query head its own.")
+
+
+def check_rotary(position_embedding: str, d_model: int, **heads: int) -> None:
+    """Rotary positions rotate pairs of features: every head needs an even width."""
+    if position_embedding != "rotary":
+        return
+    for name, count in heads.items():
+        if (d_model // count) % 2:
+            raise ValueError(f"position_embedding='rotary' needs an even head width, got d_model={d_model} / "
+                             f"{name}={count} = {d_model // count}.")

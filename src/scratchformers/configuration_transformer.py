@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from transformers import PreTrainedConfig
 
 from .config_checks import (
@@ -14,8 +16,10 @@ from .config_checks import (
     check_choice,
     check_heads,
     check_positive,
+    check_key_value_heads,
     check_positive_number,
     check_probability,
+    check_rotary,
 )
 from .remote_code import ModelTypeCheckMixin, register_model_type
 
@@ -33,12 +37,16 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         dropout: dropout on sublayer outputs and embeddings; attention_dropout on attention weights;
             activation_dropout inside the feed-forward network.
         max_position_embeddings: longest sequence the position table covers.
-        position_embedding: "sinusoidal" (fixed, paper) or "learned".
+        position_embedding: "sinusoidal" (fixed, paper), "learned", or "rotary" (RoFormer: rotates queries and keys
+            of self-attention by their position instead of adding a table to the embeddings).
         scale_embedding: multiply token embeddings by √d_model before adding positions (paper).
         norm_type: "layernorm" or "rmsnorm"; norm_position: "post" (paper) or "pre".
         layer_norm_eps: the ε added to the variance in every norm (> 0).
         attention_scoring: "scaled_dot" (paper) or "additive" (Bahdanau; eager attention only).
         attention_bias: biases in the q/k/v/out projections.
+        num_key_value_heads: grouped-query attention: key/value heads shared by groups of query heads (must divide
+            both head counts); None (default): one per query head, the paper's multi-head attention.
+        qk_norm: normalise queries and keys per head (``norm_type``) before scoring.
         output_bias: a bias on the output projection (carried over from Marian's ``final_logits_bias``).
         tie_word_embeddings: one shared matrix for source embedding, target embedding and output projection.
         label_smoothing: ε of label-smoothed cross-entropy (paper: 0.1).
@@ -76,6 +84,8 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         layer_norm_eps: float = 1e-5,
         attention_scoring: str = "scaled_dot",
         attention_bias: bool = True,
+        num_key_value_heads: Optional[int] = None,
+        qk_norm: bool = False,
         output_bias: bool = False,
         tie_word_embeddings: bool = True,
         label_smoothing: float = 0.0,
@@ -107,6 +117,8 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.attention_scoring = attention_scoring
         self.attention_bias = attention_bias
+        self.num_key_value_heads = num_key_value_heads
+        self.qk_norm = qk_norm
         self.output_bias = output_bias
         self.tie_word_embeddings = tie_word_embeddings
         self.label_smoothing = label_smoothing
@@ -128,6 +140,9 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
             check_positive(name, getattr(self, name))
         check_heads("d_model", self.d_model, "encoder_attention_heads", self.encoder_attention_heads)
         check_heads("d_model", self.d_model, "decoder_attention_heads", self.decoder_attention_heads)
+        heads = dict(encoder_attention_heads=self.encoder_attention_heads, decoder_attention_heads=self.decoder_attention_heads)
+        check_key_value_heads(self.num_key_value_heads, **heads)
+        check_rotary(self.position_embedding, self.d_model, **heads)
         check_choice("activation_function", self.activation_function, ACTIVATIONS)
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from transformers import PreTrainedConfig
 
 from .config_checks import (
@@ -12,12 +14,15 @@ from .config_checks import (
     check_choice,
     check_heads,
     check_positive,
+    check_key_value_heads,
     check_positive_number,
     check_probability,
+    check_rotary,
 )
 from .remote_code import ModelTypeCheckMixin, register_model_type
 
 POOLINGS = ("cls", "mean")
+VIT_POSITION_EMBEDDINGS = ("learned", "rotary")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
@@ -32,13 +37,17 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         num_layers: number of stacked encoder layers.
         num_heads: heads per multi-head attention (must divide d_model).
         ffn_dim: hidden width of the MLP (4 · d_model in the paper).
-        activation: "gelu" (paper), "relu" or "silu".
+        activation: "gelu" (paper), "relu", "silu", or the gated "swiglu" / "geglu".
         dropout: dropout on embeddings and sublayer outputs; attention_dropout on attention weights.
         drop_path_rate: stochastic depth; layer ``i`` drops its residual branches with probability
             ``drop_path_rate · i / (num_layers - 1)`` (linearly increasing, as in DeiT / timm).
         pooling: "cls" (the [CLS] token's final state, paper) or "mean" (average of the patch tokens).
         norm_type: "layernorm" (paper) or "rmsnorm"; norm_position: "pre" (paper) or "post".
         qkv_bias: biases in the query/key/value projections (the output projection always has one).
+        position_embedding: "learned" (paper: a table added to the tokens) or "rotary" (RoFormer, over the token
+            index inside self-attention).
+        num_key_value_heads: grouped-query attention (must divide num_heads); None: one per query head.
+        qk_norm: normalise queries and keys per head (``norm_type``) before scoring.
         layer_norm_eps: 1e-12 like Hugging Face's ``ViTConfig``, so that ported google/vit checkpoints compute
             exactly the same function (timm and the original JAX code use 1e-6; the difference is negligible).
         label_smoothing: ε of label-smoothed cross-entropy for single-label classification.
@@ -73,6 +82,9 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         norm_type: str = "layernorm",
         norm_position: str = "pre",
         qkv_bias: bool = True,
+        position_embedding: str = "learned",
+        num_key_value_heads: Optional[int] = None,
+        qk_norm: bool = False,
         layer_norm_eps: float = 1e-12,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
@@ -94,6 +106,9 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.norm_type = norm_type
         self.norm_position = norm_position
         self.qkv_bias = qkv_bias
+        self.position_embedding = position_embedding
+        self.num_key_value_heads = num_key_value_heads
+        self.qk_norm = qk_norm
         self.layer_norm_eps = layer_norm_eps
         self.label_smoothing = label_smoothing
         self.init_std = init_std
@@ -116,6 +131,9 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
                 "(the image is cut into whole patches)."
             )
         check_heads("d_model", self.d_model, "num_heads", self.num_heads)
+        check_choice("position_embedding", self.position_embedding, VIT_POSITION_EMBEDDINGS)
+        check_key_value_heads(self.num_key_value_heads, num_heads=self.num_heads)
+        check_rotary(self.position_embedding, self.d_model, num_heads=self.num_heads)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)

@@ -6,8 +6,11 @@
 | scaled dot-product attention (÷√d)    | `dot_product_attention` (eager) or the sdpa kernel     |
 | additive attention (tanh scoring)     | `additive_attention`                                   |
 | multi-head attention                  | `MultiHeadAttention`                                   |
+| grouped-query attention (GQA)         | `MultiHeadAttention(num_key_value_heads=...)`, `repeat_key_value_heads` |
+| qk-norm                               | `MultiHeadAttention(qk_norm=True)`: `q_norm`, `k_norm` |
 | positional encoding                   | `SinusoidalPositionalEncoding`, `LearnedPositionalEncoding` |
-| position-wise feed-forward network    | `FeedForward`                                          |
+| rotary position embedding (RoFormer)  | `RotaryPositionalEncoding`, `apply_rotary`             |
+| position-wise feed-forward network    | `FeedForward`; gated (GLU, SwiGLU, GeGLU): `GatedFeedForward` |
 | add & norm, post-norm vs pre-norm     | `AddNorm`, `make_norm`                                 |
 | stochastic depth (ViT)                | `DropPath`                                             |
 | (label-smoothed) cross-entropy loss   | `cross_entropy`                                        |
@@ -28,7 +31,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .config_checks import NORM_TYPES, check_choice
+from .config_checks import GATED_ACTIVATIONS, NORM_TYPES, check_choice
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,6 +188,12 @@ def resolve_attention_function(attn_implementation: Optional[str], scoring: str)
     return ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, dot_product_attention)
 
 
+def repeat_key_value_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query attention: ``[B, h, T, D] -> [B, h·groups, T, D]``, each key/value head repeated for the
+    ``groups`` query heads it serves (heads ``g·groups ... g·groups + groups - 1`` share head ``g``)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention in the notes' three steps: project the queries, keys and values and split each into h
     heads; attend in every head; merge the heads and project with W_o.
@@ -205,26 +214,34 @@ class MultiHeadAttention(nn.Module):
         scoring: str = "scaled_dot",
         layer_idx: Optional[int] = None,
         out_bias: Optional[bool] = None,
+        num_key_value_heads: Optional[int] = None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.config = config
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
+        # Grouped-query attention: each key/value head serves num_heads / num_key_value_heads query heads.
+        self.num_key_value_heads = num_key_value_heads or num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = dropout
         self.is_causal = is_causal  # the kernels read this; False for encoder and cross attention
         self.is_cross_attention = is_cross_attention
         self.scoring = scoring
         self.layer_idx = layer_idx
+        key_value_dim = self.num_key_value_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, key_value_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, key_value_dim, bias=bias)
         # ``out_bias`` defaults to ``bias``; ViT keeps the output bias even without q/k/v biases (``qkv_bias=False``).
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
         if scoring == "additive":
             self.additive_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
             nn.init.normal_(self.additive_v, std=self.head_dim**-0.5)
+        # qk-norm: queries and keys normalised per head before scoring, which bounds the logits of the softmax.
+        self.q_norm = make_norm(config.norm_type, self.head_dim, config.layer_norm_eps) if qk_norm else None
+        self.k_norm = make_norm(config.norm_type, self.head_dim, config.layer_norm_eps) if qk_norm else None
 
     def forward(
         self,
@@ -233,27 +250,38 @@ class MultiHeadAttention(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         cache=None,
         output_attentions: bool = False,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Attend from ``hidden_states`` to itself or to ``key_value_states``; returns (output, weights or None).
 
-        ``cache`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder).
+        ``cache`` is a transformers ``Cache`` (self-attention) or ``EncoderDecoderCache`` (decoder);
+        ``position_embeddings`` the (cos, sin) of rotary positions (self-attention only).
         """
-        query, key, value = self.project_and_split(hidden_states, key_value_states, cache)
+        query, key, value = self.project_and_split(hidden_states, key_value_states, cache, position_embeddings)
         heads, weights = self.attend(query, key, value, attention_mask, output_attentions)
         return self.merge_and_project(heads), weights
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, d] -> [B, H, T, d/H]``."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        """``[B, T, h·D] -> [B, h, T, D]`` (h: query heads, or key/value heads)."""
+        batch, length, width = x.shape
+        return x.view(batch, length, width // self.head_dim, self.head_dim).transpose(1, 2)
 
     def project_and_split(
-        self, hidden_states: torch.Tensor, key_value_states: Optional[torch.Tensor] = None, cache=None
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: Optional[torch.Tensor] = None,
+        cache=None,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 1: queries from ``hidden_states``, keys and values from ``key_value_states`` (or ``hidden_states``),
-        each split into heads. With a cache, self-attention appends this step's keys and values to the earlier
-        steps'; cross-attention computes the encoder's once and reads them back afterwards."""
+        each split into heads (then qk-normed and rotated, for those variants). With a cache, self-attention
+        appends this step's keys and values to the earlier steps'; cross-attention computes the encoder's once and
+        reads them back afterwards."""
         query = self.split_heads(self.q_proj(hidden_states))
+        if self.q_norm is not None:
+            query = self.q_norm(query)
+        if position_embeddings is not None:
+            query = apply_rotary(query, *position_embeddings)
         layer_cache = cache
         if cache is not None and hasattr(cache, "self_attention_cache"):
             layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
@@ -262,6 +290,10 @@ class MultiHeadAttention(nn.Module):
         source = hidden_states if key_value_states is None else key_value_states
         key = self.split_heads(self.k_proj(source))
         value = self.split_heads(self.v_proj(source))
+        if self.k_norm is not None:
+            key = self.k_norm(key)
+        if position_embeddings is not None:
+            key = apply_rotary(key, *position_embeddings)
         if cache is not None:
             key, value = layer_cache.update(key, value, self.layer_idx)
             if self.is_cross_attention:
@@ -277,6 +309,7 @@ class MultiHeadAttention(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Step 2: every head's attention, ``[B, H, T, D]`` inputs -> (``[B, T, H, D]`` output, weights or None)."""
+        key, value = (repeat_key_value_heads(x, self.num_heads // self.num_key_value_heads) for x in (key, value))
         output, weights = self.attention_function(output_attentions)(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
         )
@@ -338,8 +371,37 @@ class LearnedPositionalEncoding(nn.Module):
         return self.weight[position_ids]
 
 
-def make_positional_encoding(kind: str, num_positions: int, dim: int) -> nn.Module:
+def make_positional_encoding(kind: str, num_positions: int, dim: int) -> Optional[nn.Module]:
+    """The table added to the token embeddings; None for rotary positions, which act inside attention."""
+    if kind == "rotary":
+        return None
     return {"sinusoidal": SinusoidalPositionalEncoding, "learned": LearnedPositionalEncoding}[kind](num_positions, dim)
+
+
+class RotaryPositionalEncoding(nn.Module):
+    """RoFormer's rotary position embedding: the (cos, sin) of angle ``position · θ_i``, ``θ_i = 10000^(-2i/D)``,
+    for each pair ``(i, i + D/2)`` of a head's D features. ``apply_rotary`` turns every pair of a query or key by
+    its angle, so a score ``q · k`` depends on the two positions only through their difference. Nothing is
+    learned or stored: the angles are computed from the positions."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, device=position_ids.device).float() / self.head_dim)
+        angles = position_ids.float()[:, None] * inv_freq[None, :]  # [T, D/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [T, D]: pair (i, i + D/2) shares angle i
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each feature pair ``(x_i, x_{i+D/2})`` of ``x [B, H, T, D]`` by its angle:
+    ``(x_i cos − x_{i+D/2} sin, x_{i+D/2} cos + x_i sin)``."""
+    first, second = x.chunk(2, dim=-1)
+    rotated_half = torch.cat([-second, first], dim=-1)
+    return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
 
 
 def check_positions(length: int, num_positions: int) -> None:
@@ -370,6 +432,26 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.hidden(x))
+
+
+class GatedFeedForward(FeedForward):
+    """A gated linear unit as the feed-forward network (Shazeer 2020): ``fc1`` gives a gate and a value, each
+    ``ffn`` wide, and ``fc2`` projects ``activation(gate) ⊙ value``. SwiGLU gates with SiLU, GeGLU with GELU."""
+
+    def __init__(self, dim: int, hidden_dim: int, activation: str, activation_dropout: float = 0.0, bias: bool = True):
+        super().__init__(dim, hidden_dim, GATED_ACTIVATIONS[activation], activation_dropout, bias)
+        self.fc1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)
+        return self.activation_dropout(self.activation(gate) * value)
+
+
+def make_feed_forward(dim: int, hidden_dim: int, activation: str, activation_dropout: float = 0.0,
+                      bias: bool = True) -> FeedForward:
+    """``FeedForward``, or ``GatedFeedForward`` for the gated activations (``swiglu``, ``geglu``)."""
+    feed_forward = GatedFeedForward if activation in GATED_ACTIVATIONS else FeedForward
+    return feed_forward(dim, hidden_dim, activation, activation_dropout, bias)
 
 
 def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:

@@ -27,10 +27,11 @@ from .configuration_transformer import ScratchTransformerConfig
 from .generation import ScratchGenerationMixin
 from .layers import (
     AddNorm,
-    FeedForward,
     MultiHeadAttention,
+    RotaryPositionalEncoding,
     build_attention_mask,
     check_positions,
+    make_feed_forward,
     make_norm,
     make_positional_encoding,
     resolve_attention_function,
@@ -94,25 +95,36 @@ def check_label_rows(
         )
 
 
+def make_attention(config: ScratchTransformerConfig, num_heads: int, layer_idx: int, **kwargs) -> MultiHeadAttention:
+    """One of the model's attentions (encoder, decoder self- or cross-attention) with the config's choices."""
+    return MultiHeadAttention(
+        config, config.d_model, num_heads, config.attention_dropout, config.attention_bias,
+        scoring=config.attention_scoring, layer_idx=layer_idx, num_key_value_heads=config.num_key_value_heads,
+        qk_norm=config.qk_norm, **kwargs,
+    )
+
+
 class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
     """Self-attention sublayer and feed-forward sublayer, each wrapped in add & norm."""
 
     def __init__(self, config: ScratchTransformerConfig, layer_idx: int):
         super().__init__()
         d = config.d_model
-        self.self_attn = MultiHeadAttention(
-            config, d, config.encoder_attention_heads, config.attention_dropout, config.attention_bias,
-            is_causal=False, scoring=config.attention_scoring, layer_idx=layer_idx,
-        )
+        self.self_attn = make_attention(config, config.encoder_attention_heads, layer_idx, is_causal=False)
         self.self_attn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
-        self.ffn = FeedForward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
+        self.ffn = make_feed_forward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
         self.ffn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        output_attentions: bool = False,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(h, attention_mask=attention_mask, output_attentions=output_attentions)[0]
+            return self.self_attn(h, attention_mask=attention_mask, output_attentions=output_attentions,
+                                  position_embeddings=position_embeddings)[0]
 
         x = self.self_attn_add_norm(hidden_states, self_attention)
         return self.ffn_add_norm(x, self.ffn)
@@ -129,17 +141,11 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         def add_norm() -> AddNorm:
             return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
 
-        self.self_attn = MultiHeadAttention(
-            config, d, heads, config.attention_dropout, config.attention_bias,
-            is_causal=True, scoring=config.attention_scoring, layer_idx=layer_idx,
-        )
+        self.self_attn = make_attention(config, heads, layer_idx, is_causal=True)
         self.self_attn_add_norm = add_norm()
-        self.cross_attn = MultiHeadAttention(
-            config, d, heads, config.attention_dropout, config.attention_bias,
-            is_causal=False, is_cross_attention=True, scoring=config.attention_scoring, layer_idx=layer_idx,
-        )
+        self.cross_attn = make_attention(config, heads, layer_idx, is_causal=False, is_cross_attention=True)
         self.cross_attn_add_norm = add_norm()
-        self.ffn = FeedForward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
+        self.ffn = make_feed_forward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
         self.ffn_add_norm = add_norm()
 
     def forward(
@@ -150,9 +156,11 @@ class ScratchTransformerDecoderLayer(GradientCheckpointingLayer):
         encoder_attention_mask: Optional[torch.Tensor],
         cache: Optional[EncoderDecoderCache] = None,
         output_attentions: bool = False,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(h, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions)[0]
+            return self.self_attn(h, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions,
+                                  position_embeddings=position_embeddings)[0]
 
         def cross_attention(h: torch.Tensor) -> torch.Tensor:
             return self.cross_attn(h, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask,
@@ -183,12 +191,14 @@ class ScratchTransformerPreTrainedModel(ScratchPreTrainedModel):
 
 
 class ScratchTransformerEmbedding(nn.Module):
-    """Token embedding × √d_model (when ``scale_embedding``) + positional encoding, then dropout."""
+    """Token embedding × √d_model (when ``scale_embedding``) + positional encoding (none for rotary positions,
+    which act inside self-attention), then dropout."""
 
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__()
         self.embed_tokens = embed_tokens
         self.embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.num_positions = config.max_position_embeddings
         self.embed_positions = make_positional_encoding(
             config.position_embedding, config.max_position_embeddings, config.d_model
         )
@@ -208,9 +218,11 @@ class ScratchTransformerEmbedding(nn.Module):
                 )
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
-        check_positions(past_length + length, self.embed_positions.num_positions)
-        positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
-        hidden = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        check_positions(past_length + length, self.num_positions)
+        hidden = inputs_embeds * self.embed_scale
+        if self.embed_positions is not None:
+            positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+            hidden = hidden + self.embed_positions(positions).to(inputs_embeds.dtype)
         return self.dropout(hidden)
 
 
@@ -220,9 +232,12 @@ class ScratchTransformerStack(ScratchTransformerPreTrainedModel):
     Pre-norm leaves the residual stream un-normalised after the last layer, so one more norm closes the stack.
     """
 
-    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding, layer_class: type, num_layers: int):
+    def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding, layer_class: type, num_layers: int,
+                 num_heads: int):
         super().__init__(config)
         self.embeddings = ScratchTransformerEmbedding(config, embed_tokens)
+        rotary = config.position_embedding == "rotary"
+        self.rotary = RotaryPositionalEncoding(config.d_model // num_heads) if rotary else None
         self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
         self.layer_norm = (
             make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
@@ -238,6 +253,12 @@ class ScratchTransformerStack(ScratchTransformerPreTrainedModel):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.layer_norm is None else self.layer_norm(hidden)
 
+    def rotary_positions(self, hidden: torch.Tensor, past_length: int = 0) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(cos, sin) of the rotary angles of the positions of ``hidden``'s tokens, or None without rotary."""
+        if self.rotary is None:
+            return None
+        return self.rotary(torch.arange(past_length, past_length + hidden.shape[1], device=hidden.device))
+
 
 class ScratchTransformerEncoder(ScratchTransformerStack):
     """Embedding followed by ``encoder_layers`` self-attention layers. Per-layer hidden states and attention
@@ -249,7 +270,8 @@ class ScratchTransformerEncoder(ScratchTransformerStack):
     }
 
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens, ScratchTransformerEncoderLayer, config.encoder_layers)
+        super().__init__(config, embed_tokens, ScratchTransformerEncoderLayer, config.encoder_layers,
+                         config.encoder_attention_heads)
 
     @capture_outputs
     def forward(
@@ -263,8 +285,9 @@ class ScratchTransformerEncoder(ScratchTransformerStack):
         hidden = self.embeddings(input_ids, inputs_embeds)
         length = hidden.shape[1]
         mask = build_attention_mask(attention_mask, length, length, causal=False)
+        position_embeddings = self.rotary_positions(hidden)
         for layer in self.layers:
-            hidden = layer(hidden, mask, bool(output_attentions))
+            hidden = layer(hidden, mask, bool(output_attentions), position_embeddings)
         return BaseModelOutput(last_hidden_state=self.final_norm(hidden))
 
 
@@ -278,7 +301,8 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
     }
 
     def __init__(self, config: ScratchTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens, ScratchTransformerDecoderLayer, config.decoder_layers)
+        super().__init__(config, embed_tokens, ScratchTransformerDecoderLayer, config.decoder_layers,
+                         config.decoder_attention_heads)
 
     @accepts_cache_alias
     @capture_outputs
@@ -317,8 +341,10 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask,
                               shared=rewrites.is_fast(self.config))
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
+        position_embeddings = self.rotary_positions(hidden, past_length)
         for layer in self.layers:
-            hidden = layer(hidden, self_mask, encoder_hidden_states, cross_mask, cache, bool(output_attentions))
+            hidden = layer(hidden, self_mask, encoder_hidden_states, cross_mask, cache, bool(output_attentions),
+                           position_embeddings)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.final_norm(hidden), **cache_field(cache))
 
 

@@ -28,7 +28,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from . import rewrites
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
-from .layers import AddNorm, FeedForward, MultiHeadAttention, make_norm
+from .layers import AddNorm, MultiHeadAttention, RotaryPositionalEncoding, make_feed_forward, make_norm
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
 
 
@@ -70,7 +70,9 @@ class ScratchViTEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         self.patch_embeddings = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.d_model))
+        self.position_embeddings = None  # rotary positions act inside self-attention instead
+        if config.position_embedding == "learned":
+            self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.d_model))
         self.dropout = nn.Dropout(config.dropout)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
@@ -104,10 +106,8 @@ class ScratchViTEmbeddings(nn.Module):
         patches = self.patch_embeddings(pixel_values)
         cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
         tokens = torch.cat([cls_tokens, patches], dim=1)
-        if interpolate_pos_encoding:
+        if self.position_embeddings is not None:  # (the trained table itself at the trained size)
             tokens = tokens + self.interpolate_pos_encoding(height, width)
-        else:
-            tokens = tokens + self.position_embeddings
         return self.dropout(tokens)
 
 
@@ -123,22 +123,31 @@ class ScratchViTLayer(GradientCheckpointingLayer):
             return AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps, drop_path)
 
         self.self_attn = MultiHeadAttention(
-            config, d, config.num_heads, config.attention_dropout, bias=config.qkv_bias,
-            is_causal=False, layer_idx=layer_idx, out_bias=True,
+            config, d, config.num_heads, config.attention_dropout, bias=config.qkv_bias, is_causal=False,
+            layer_idx=layer_idx, out_bias=True, num_key_value_heads=config.num_key_value_heads, qk_norm=config.qk_norm,
         )
         self.self_attn_add_norm = add_norm()
-        self.ffn = FeedForward(d, config.ffn_dim, config.activation)
+        self.ffn = make_feed_forward(d, config.ffn_dim, config.activation)
         self.ffn_add_norm = add_norm()
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        cls_only: bool = False,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """``x = add_norm(x, attention)``, then ``x = add_norm(x, ffn)``.
 
-        With ``forward_implementation="fast"`` (pre-norm, plain ``nn.Linear`` projections, no attention weights
-        asked for) its exact rewrite runs instead, which with ``cls_only`` computes the [CLS] token alone."""
-        if (rewrites.is_fast(self.config) and self.self_attn_add_norm.pre_norm and not output_attentions
-                and rewrites.has_plain_projections(self)):
+        With ``forward_implementation="fast"`` its exact rewrite runs instead where it applies
+        (``rewrites.vit_layer_applies``), which with ``cls_only`` computes the [CLS] token alone."""
+        if rewrites.is_fast(self.config) and not output_attentions and rewrites.vit_layer_applies(self):
             return rewrites.vit_layer_forward(self, hidden_states, cls_only)
-        x = self.self_attn_add_norm(hidden_states, lambda h: self.self_attn(h, output_attentions=output_attentions)[0])
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, output_attentions=output_attentions, position_embeddings=position_embeddings)[0]
+
+        x = self.self_attn_add_norm(hidden_states, self_attention)
         return self.ffn_add_norm(x, self.ffn)
 
 
@@ -165,7 +174,8 @@ class ScratchViTPreTrainedModel(ScratchPreTrainedModel):
             nn.init.zeros_(module.projection.bias)
         elif isinstance(module, ScratchViTEmbeddings):
             nn.init.trunc_normal_(module.cls_token, std=std, a=-2 * std, b=2 * std)
-            nn.init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
+            if module.position_embeddings is not None:
+                nn.init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual and, unless the directory already has one, the default image processor
@@ -185,6 +195,8 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
     def __init__(self, config: ScratchViTConfig):
         super().__init__(config)
         self.embeddings = ScratchViTEmbeddings(config)
+        rotary = config.position_embedding == "rotary"
+        self.rotary = RotaryPositionalEncoding(config.d_model // config.num_heads) if rotary else None
         # Stochastic depth grows linearly with depth, from 0 at the first layer to drop_path_rate at the last.
         drop_paths = torch.linspace(0, config.drop_path_rate, config.num_layers).tolist()
         self.layers = nn.ModuleList(ScratchViTLayer(config, i, drop_paths[i]) for i in range(config.num_layers))
@@ -233,8 +245,11 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         hidden = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         cls_only = (pooled_only and rewrites.is_fast(self.config) and self.config.pooling == "cls"
                     and not (output_hidden_states or output_attentions))
+        position_embeddings = None
+        if self.rotary is not None:  # RoFormer's rotation by token index: [CLS] 0, the patches 1 ... N row by row
+            position_embeddings = self.rotary(torch.arange(hidden.shape[1], device=hidden.device))
         for i, layer in enumerate(self.layers):
-            hidden = layer(hidden, output_attentions, cls_only=cls_only and i == len(self.layers) - 1)
+            hidden = layer(hidden, output_attentions, cls_only and i == len(self.layers) - 1, position_embeddings)
         if self.layer_norm is not None:
             hidden = self.layer_norm(hidden)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden))

@@ -12,7 +12,7 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 | `add_linear`                 | `AddNorm.forward` around a final linear     | one pass over the residual stream              |
 | `vit_attention_heads`        | `MultiHeadAttention` steps 1-2 in the ViT   | the key bias at inference, the value bias      |
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
-| `vit_layer_forward`          | `ScratchViTLayer.forward`                   | the three above together                       |
+| `vit_layer_forward`          | `ScratchViTLayer.forward` (where `vit_layer_applies`) | the three above together             |
 | `cross_entropy`              | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
 """
 
@@ -148,10 +148,15 @@ def cls_attention_heads(attention: MultiHeadAttention, hidden_states: torch.Tens
     return output.transpose(0, 1).reshape(batch, 1, dim)
 
 
-def has_plain_projections(layer: nn.Module) -> bool:
-    """Whether every projection of a ViT layer is a plain ``nn.Linear`` (the rewrites read their weights; a
-    wrapped or replaced one — peft LoRA, ``torch.ao`` dynamic int8 — must be called as a module)."""
-    attention = layer.self_attn
+def vit_layer_applies(layer: nn.Module) -> bool:
+    """Whether ``vit_layer_forward`` computes this ViT layer: pre-norm, the paper's attention (no rotary
+    positions, qk-norm or grouped key/value heads), and every projection a plain ``nn.Linear`` (the rewrite reads
+    their weights; a wrapped or replaced one — peft LoRA, ``torch.ao`` dynamic int8 — must be called as a module)."""
+    attention, config = layer.self_attn, layer.config
+    if not layer.self_attn_add_norm.pre_norm or config.position_embedding == "rotary" or attention.q_norm is not None:
+        return False
+    if attention.num_key_value_heads != attention.num_heads:
+        return False
     projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.ffn.fc1, layer.ffn.fc2)
     return all(type(projection) is nn.Linear for projection in projections)
 
