@@ -44,14 +44,20 @@ returned with a warning.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.utils import (
+    GenerateBeamDecoderOnlyOutput,
+    GenerateBeamEncoderDecoderOutput,
+    GenerateOutput,
+)
+from transformers.utils import ModelOutput
 
 from .compat import CACHE_NAME, cache_field, cache_of
 
@@ -330,186 +336,304 @@ def _output_fill_value(generation_config) -> int:
     return int(pad) if pad is not None and int(pad) != 0 else int(eos.reshape(-1)[0])
 
 
-def _run_beam_search(
-    model,
-    input_ids: torch.LongTensor,
-    logits_processor,
-    stopping_criteria,
-    generation_config,
-    synced_gpus: bool,
-    num_groups: int,
-    diversity_penalty: float,
-    constraints: list[Constraint],
-    model_kwargs: dict,
-):
+class _StepOutputs:
+    """What ``return_dict_in_generate`` asks to keep of every step (scores, logits, attentions, hidden states)."""
+
+    def __init__(self, generation_config: GenerationConfig, is_encoder_decoder: bool):
+        config = generation_config
+        keep = config.return_dict_in_generate
+        self.is_encoder_decoder = is_encoder_decoder
+        self.output_attentions, self.output_hidden_states = config.output_attentions, config.output_hidden_states
+        self.scores = () if (keep and config.output_scores) else None
+        self.raw_logits = () if (keep and config.output_logits) else None
+        self.decoder_attentions = () if (keep and config.output_attentions) else None
+        self.cross_attentions = () if (keep and config.output_attentions) else None
+        self.decoder_hidden_states = () if (keep and config.output_hidden_states) else None
+
+    def add(self, outputs: ModelOutput, logits: torch.Tensor, log_probs: torch.Tensor) -> None:
+        """Keep one step: the processed ``log_probs``, the raw ``logits`` and the model ``outputs``, as asked."""
+        if self.scores is not None:
+            self.scores += (log_probs,)
+        if self.raw_logits is not None:
+            self.raw_logits += (logits.clone(),)
+        if self.decoder_attentions is not None:
+            self.decoder_attentions += (outputs.decoder_attentions if self.is_encoder_decoder else outputs.attentions,)
+            if self.is_encoder_decoder:
+                self.cross_attentions += (outputs.cross_attentions,)
+        if self.decoder_hidden_states is not None:
+            self.decoder_hidden_states += (
+                outputs.decoder_hidden_states if self.is_encoder_decoder else outputs.hidden_states,
+            )
+
+    def to_generate_output(
+        self, sequences: torch.Tensor, sequences_scores: Optional[torch.Tensor], beam_indices: torch.Tensor,
+        model_kwargs: dict,
+    ) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput:
+        """The result as core beam search returns it with ``return_dict_in_generate=True``."""
+        common = dict(
+            sequences=sequences,
+            sequences_scores=sequences_scores,
+            scores=self.scores,
+            logits=self.raw_logits,
+            beam_indices=beam_indices,
+            **cache_field(cache_of(model_kwargs)),
+        )
+        if self.is_encoder_decoder:
+            encoder_outputs = model_kwargs["encoder_outputs"]
+            return GenerateBeamEncoderDecoderOutput(
+                **common,
+                encoder_attentions=encoder_outputs.get("attentions") if self.output_attentions else None,
+                encoder_hidden_states=encoder_outputs.get("hidden_states") if self.output_hidden_states else None,
+                decoder_attentions=self.decoder_attentions,
+                cross_attentions=self.cross_attentions,
+                decoder_hidden_states=self.decoder_hidden_states,
+            )
+        return GenerateBeamDecoderOnlyOutput(
+            **common, attentions=self.decoder_attentions, hidden_states=self.decoder_hidden_states
+        )
+
+
+class _Continuations(NamedTuple):
+    """Candidates of one group written out as hypotheses: the parent's tokens and history plus the new step."""
+
+    sequences: torch.Tensor  # [B, C, max_length] the parent's tokens, then the candidate token
+    origins: torch.Tensor  # [B, C, num_steps] the parent's origins, then the parent's row
+    parent_rows: torch.Tensor  # [B, C] the parent's row (batch × num_beams numbering)
+
+
+class _GroupStep(NamedTuple):
+    """The next beams of one group, and whether every candidate of the group ended at this step."""
+
+    sequences: torch.Tensor  # [B, group_size, max_length]
+    scores: torch.Tensor  # [B, group_size]
+    origins: torch.Tensor  # [B, group_size, num_steps]
+    parent_rows: torch.Tensor  # [B, group_size]
+    last_tokens: torch.Tensor  # [B, group_size] the tokens chosen at this step, for the Hamming penalty
+    all_ended: bool
+
+
+class _BeamSearch:
     """Beam search with beam groups and constraints; see the module docstring for the algorithm.
 
     ``input_ids`` is ``[batch × num_beams, prompt_len]`` (generate() has expanded it); beams of one batch item are
-    contiguous rows, the beams of group ``g`` are rows ``g × group_size ... (g + 1) × group_size - 1`` of it.
+    contiguous rows, the beams of group ``g`` are rows ``g × group_size ... (g + 1) × group_size - 1`` of it. The
+    running beams are kept as ``[batch, num_beams, ...]`` tensors in that order.
     """
-    config = generation_config
-    num_beams, length_penalty, early_stopping = config.num_beams, config.length_penalty, config.early_stopping
-    max_length, num_return = config.max_length, config.num_return_sequences
-    eos = config._eos_token_tensor
-    group_size = num_beams // num_groups
-    want_dict, want_scores = config.return_dict_in_generate, config.output_scores
-    want_logits, want_attentions = config.output_logits, config.output_attentions
-    want_hidden = config.output_hidden_states
-    is_encoder_decoder = model.config.is_encoder_decoder
-    device = input_ids.device
 
-    batch = input_ids.shape[0] // num_beams
-    prompt_len = cur_len = input_ids.shape[1]
-    num_steps = max_length - prompt_len
-    fill = _output_fill_value(config)
-    num_candidates = max(2, 1 + (eos.numel() if eos is not None else 0)) * group_size
+    def __init__(
+        self,
+        model: GenerationMixin,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        synced_gpus: bool,
+        num_groups: int,
+        diversity_penalty: float,
+        constraints: list[Constraint],
+        model_kwargs: dict,
+    ):
+        config = generation_config
+        self.model, self.model_kwargs, self.generation_config = model, model_kwargs, config
+        self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
+        self.synced_gpus = synced_gpus
+        self.num_groups, self.diversity_penalty, self.constraints = num_groups, diversity_penalty, constraints
+        self.num_beams, self.group_size = config.num_beams, config.num_beams // num_groups
+        self.length_penalty, self.early_stopping = config.length_penalty, config.early_stopping
+        self.max_length = config.max_length
+        self.is_encoder_decoder = model.config.is_encoder_decoder
+        self.device = input_ids.device
+        self.batch_size = input_ids.shape[0] // self.num_beams
+        self.prompt_len = self.cur_len = input_ids.shape[1]
+        self.num_steps = self.max_length - self.prompt_len
+        self.fill = _output_fill_value(config)
+        eos = config._eos_token_tensor
+        self.num_candidates = max(2, 1 + (eos.numel() if eos is not None else 0)) * self.group_size
 
-    # Running beams [B, num_beams, ...]. Only the first beam of each group is real at the start: the others are
-    # placeholders (score _EMPTY), so that the first step does not pick the same token once per beam.
-    tokens = torch.full((batch, num_beams, max_length), fill, dtype=torch.long, device=device)
-    tokens[:, :, :prompt_len] = input_ids.view(batch, num_beams, prompt_len)
-    scores = torch.zeros((batch, num_groups, group_size), dtype=torch.float, device=device)
-    scores[:, :, 1:] = _EMPTY
-    scores = scores.view(batch, num_beams)
-    # origins[b, k, t]: the row (batch × num_beams numbering) whose beam the k-th beam continued at step t
-    origins = torch.full((batch, num_beams, num_steps), -1, dtype=torch.int32, device=device)
-    finished = [_FinishedHypotheses(batch, group_size, max_length, num_steps, fill, device) for _ in range(num_groups)]
-    # Constrained search only: hypotheses that ended without meeting the constraints, the last resort.
-    unmet = [_FinishedHypotheses(batch, group_size, max_length, num_steps, fill, device) for _ in range(num_groups)]
-    can_improve = torch.ones((batch, num_groups), dtype=torch.bool, device=device)
+        self._start_beams(input_ids)
+        self.finished = self._new_hypotheses()
+        # Constrained search only: hypotheses that ended without meeting the constraints, the last resort.
+        self.unmet = self._new_hypotheses()
+        self.can_improve = torch.ones((self.batch_size, num_groups), dtype=torch.bool, device=self.device)
+        self.step_outputs = _StepOutputs(config, self.is_encoder_decoder)
 
-    all_scores = () if (want_dict and want_scores) else None
-    raw_logits = () if (want_dict and want_logits) else None
-    decoder_attentions = () if (want_dict and want_attentions) else None
-    cross_attentions = () if (want_dict and want_attentions) else None
-    decoder_hidden = () if (want_dict and want_hidden) else None
+    def _start_beams(self, input_ids: torch.LongTensor) -> None:
+        """The running beams before the first step: the prompt, with one real beam per group.
 
-    this_peer_finished = False
-    first = True
-    while model._has_unfinished_sequences(this_peer_finished, synced_gpus, device=device):
-        flat_tokens = tokens[:, :, :cur_len].reshape(batch * num_beams, cur_len)
-        outputs = _forward(model, flat_tokens, model_kwargs, config, first)
-        first = False
-        model_kwargs = model._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder
-        )
-        if synced_gpus and this_peer_finished:
-            continue
+        The other beams are placeholders (score ``_EMPTY``), so that the first step does not pick the same token
+        once per beam.
+        """
+        batch_size, num_beams, prompt_len, device = self.batch_size, self.num_beams, self.prompt_len, self.device
+        sequences_shape = (batch_size, num_beams, self.max_length)
+        self.sequences = torch.full(sequences_shape, self.fill, dtype=torch.long, device=device)
+        self.sequences[:, :, :prompt_len] = input_ids.view(batch_size, num_beams, prompt_len)
+        scores = torch.zeros((batch_size, self.num_groups, self.group_size), dtype=torch.float, device=device)
+        scores[:, :, 1:] = _EMPTY
+        self.scores = scores.view(batch_size, num_beams)
+        # origins[b, k, t]: the row (batch × num_beams numbering) whose beam the k-th beam continued at step t
+        self.origins = torch.full((batch_size, num_beams, self.num_steps), -1, dtype=torch.int32, device=device)
 
-        logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=device)
-        log_probs = logits_processor(flat_tokens, nn.functional.log_softmax(logits, dim=-1))
-        vocab = log_probs.shape[-1]
-        step_scores = log_probs.view(batch, num_groups, group_size, vocab)  # diversity penalties are added in place
-        if all_scores is not None:
-            all_scores += (log_probs,)
-        if raw_logits is not None:
-            raw_logits += (logits.clone(),)
-        if decoder_attentions is not None:
-            decoder_attentions += (outputs.decoder_attentions if is_encoder_decoder else outputs.attentions,)
-            if is_encoder_decoder:
-                cross_attentions += (outputs.cross_attentions,)
-        if decoder_hidden is not None:
-            decoder_hidden += (outputs.decoder_hidden_states if is_encoder_decoder else outputs.hidden_states,)
-        del outputs
+    def _new_hypotheses(self) -> list[_FinishedHypotheses]:
+        """Empty finished hypotheses, one pool per group."""
+        shape = (self.batch_size, self.group_size, self.max_length, self.num_steps)
+        return [_FinishedHypotheses(*shape, self.fill, self.device) for _ in range(self.num_groups)]
 
-        next_tokens, next_scores, next_origins, parent_rows = [], [], [], []
-        chosen: list[torch.Tensor] = []  # this step's last tokens of the groups searched so far
-        all_stopped = True
-        gen_len = cur_len + 1 - prompt_len
-        for g in range(num_groups):
-            beams = slice(g * group_size, (g + 1) * group_size)
-            group_log_probs = step_scores[:, g]
-            if diversity_penalty and chosen:
-                group_log_probs -= diversity_penalty * _hamming_counts(chosen, vocab)[:, None, :]
+    def run(self) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput | torch.LongTensor:
+        """Search step by step until the search is over, then return the best finished hypotheses."""
+        this_peer_finished = False
+        first = True
+        while self.model._has_unfinished_sequences(this_peer_finished, self.synced_gpus, device=self.device):
+            flat_sequences = self.sequences[:, :, : self.cur_len].flatten(0, 1)
+            outputs = _forward(self.model, flat_sequences, self.model_kwargs, self.generation_config, first)
+            first = False
+            self.model_kwargs = self.model._update_model_kwargs_for_generation(
+                outputs, self.model_kwargs, is_encoder_decoder=self.is_encoder_decoder
+            )
+            if self.synced_gpus and this_peer_finished:
+                continue
+            log_probs = self._next_token_log_probs(outputs, flat_sequences)
+            del outputs
+            this_peer_finished = self._step(log_probs)
+        return self._result()
 
-            # 1-2. propose continuations
-            if constraints:
-                cands = _propose_with_constraints(
-                    group_log_probs, scores[:, beams], tokens[:, beams], num_candidates, prompt_len, cur_len,
-                    constraints,
-                )
-            else:
-                cands = _propose_by_score(group_log_probs, scores[:, beams], num_candidates)
-            cand_tokens = _take(tokens[:, beams], cands.parents)
-            cand_tokens[:, :, cur_len] = cands.tokens
-            cand_origins = _take(origins[:, beams], cands.parents)
-            global_parents = cands.parents + g * group_size + torch.arange(batch, device=device)[:, None] * num_beams
-            cand_origins[:, :, cur_len - prompt_len] = global_parents
-            width = cands.scores.shape[1]
-            ended = stopping_criteria(cand_tokens[:, :, : cur_len + 1].reshape(batch * width, -1), all_scores)
-            ended = ended.view(batch, width) | ~cands.valid
-            all_stopped &= bool(ended.all())
+    def _next_token_log_probs(self, outputs: ModelOutput, flat_sequences: torch.Tensor) -> torch.Tensor:
+        """``[B × num_beams, vocab]`` log-probabilities of the next token after the logits processors; recorded."""
+        logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=self.device)
+        log_probs = self.logits_processor(flat_sequences, nn.functional.log_softmax(logits, dim=-1))
+        self.step_outputs.add(outputs, logits, log_probs)
+        return log_probs
 
-            # 3. candidates that end inside the beam become finished hypotheses (unless the search has settled)
-            in_beam = torch.arange(width, device=device)[None, :] < group_size
-            settled = ~can_improve[:, g : g + 1] | (finished[g].done.all(-1, keepdim=True) & (early_stopping is True))
-            normalised = cands.scores / (gen_len**length_penalty)
-            may_finish = ended & cands.valid & ~settled
-            if constraints:
-                # A hypothesis that meets every constraint competes with the others that do, as in a plain beam:
-                # it may finish when it ranks among the group_size best of them by score.
-                met = cands.valid & cands.satisfied
-                met_scores = cands.scores.masked_fill(~met, float("-inf"))
-                met_rank = torch.argsort(torch.argsort(met_scores, dim=1, descending=True, stable=True), dim=1)
-                finished[g].add(cand_tokens, normalised, cand_origins, may_finish & met & (met_rank < group_size))
-                unmet[g].add(cand_tokens, normalised, cand_origins, may_finish & ~met & in_beam)
-            else:
-                finished[g].add(cand_tokens, normalised, cand_origins, may_finish & in_beam)
+    def _step(self, log_probs: torch.Tensor) -> bool:
+        """One step of the chapter, group after group; returns whether the search is over."""
+        vocab_size = log_probs.shape[-1]
+        # A view: the diversity penalties below also reach log_probs, and so the recorded scores.
+        step_log_probs = log_probs.view(self.batch_size, self.num_groups, self.group_size, vocab_size)
+        groups: list[_GroupStep] = []
+        for g in range(self.num_groups):
+            group_log_probs = step_log_probs[:, g]
+            if self.diversity_penalty and groups:
+                chosen = [group.last_tokens for group in groups]
+                group_log_probs -= self.diversity_penalty * _hamming_counts(chosen, vocab_size)[:, None, :]
+            groups.append(self._step_group(g, group_log_probs))
+        self._advance(groups)
+        self._update_can_improve()
+        return all(group.all_ended for group in groups) or self._is_settled()
 
-            # 4. the first group_size candidates that go on are the next beams (ended ones only fill up a shortage)
-            going_on = cands.valid & ~ended
-            position = torch.arange(width, device=device)[None, :] + (~going_on) * width
-            keep = torch.sort(position, dim=1, stable=True).indices[:, :group_size]
-            next_tokens.append(_take(cand_tokens, keep))
-            next_scores.append(_take(cands.scores + (~going_on).float() * _EMPTY, keep))
-            next_origins.append(_take(cand_origins, keep))
-            parent_rows.append(_take(global_parents, keep))
-            chosen.append(_take(cands.tokens, keep))
+    def _step_group(self, g: int, log_probs: torch.Tensor) -> _GroupStep:
+        """Steps 1-4 of the chapter for group ``g``, given its beams' ``[B, group_size, vocab]`` log-probabilities."""
+        beams = slice(g * self.group_size, (g + 1) * self.group_size)
+        candidates = self._propose(log_probs, beams)
+        continuations = self._extend(candidates, beams)
+        ended = self._ended(candidates, continuations)
+        self._finish(g, candidates, continuations, ended)
+        return self._next_beams(candidates, continuations, ended)
 
-        tokens = torch.cat(next_tokens, dim=1)
-        scores = torch.cat(next_scores, dim=1)
-        origins = torch.cat(next_origins, dim=1)
-        _reorder_cache(model, model_kwargs, torch.cat(parent_rows, dim=1).reshape(-1))
-        cur_len += 1
+    def _propose(self, log_probs: torch.Tensor, beams: slice) -> _Candidates:
+        """Steps 1-2: the continuations of the group's beams worth considering, in priority order."""
+        if self.constraints:
+            return _propose_with_constraints(
+                log_probs, self.scores[:, beams], self.sequences[:, beams], self.num_candidates, self.prompt_len,
+                self.cur_len, self.constraints,
+            )
+        return _propose_by_score(log_probs, self.scores[:, beams], self.num_candidates)
 
-        # Can a running beam still beat the worst finished hypothesis? (bounded at the best reachable length)
-        if early_stopping == "never" and length_penalty > 0.0:
-            best_len = max_length - prompt_len
+    def _extend(self, candidates: _Candidates, beams: slice) -> _Continuations:
+        """Each candidate as a hypothesis: its parent's tokens and origins, extended by this step."""
+        sequences = _take(self.sequences[:, beams], candidates.parents)
+        sequences[:, :, self.cur_len] = candidates.tokens
+        origins = _take(self.origins[:, beams], candidates.parents)
+        batch_offsets = torch.arange(self.batch_size, device=self.device)[:, None] * self.num_beams
+        parent_rows = candidates.parents + beams.start + batch_offsets
+        origins[:, :, self.cur_len - self.prompt_len] = parent_rows
+        return _Continuations(sequences, origins, parent_rows)
+
+    def _ended(self, candidates: _Candidates, continuations: _Continuations) -> torch.Tensor:
+        """``[B, C]``: which candidates end here (the stopping criteria: EOS, max length ...); padding counts."""
+        width = candidates.scores.shape[1]
+        flat_sequences = continuations.sequences[:, :, : self.cur_len + 1].reshape(self.batch_size * width, -1)
+        ended = self.stopping_criteria(flat_sequences, self.step_outputs.scores)
+        return ended.view(self.batch_size, width) | ~candidates.valid
+
+    def _finish(self, g: int, candidates: _Candidates, continuations: _Continuations, ended: torch.Tensor) -> None:
+        """Step 3: candidates that end inside the beam become finished hypotheses (unless the search has settled)."""
+        width = candidates.scores.shape[1]
+        in_beam = torch.arange(width, device=self.device)[None, :] < self.group_size
+        full = self.finished[g].done.all(-1, keepdim=True) & (self.early_stopping is True)
+        settled = ~self.can_improve[:, g : g + 1] | full
+        normalised = candidates.scores / ((self.cur_len + 1 - self.prompt_len) ** self.length_penalty)
+        may_finish = ended & candidates.valid & ~settled
+        sequences, origins = continuations.sequences, continuations.origins
+        if self.constraints:
+            # A hypothesis that meets every constraint competes with the others that do, as in a plain beam:
+            # it may finish when it ranks among the group_size best of them by score.
+            met = candidates.valid & candidates.satisfied
+            met_scores = candidates.scores.masked_fill(~met, float("-inf"))
+            met_rank = torch.argsort(torch.argsort(met_scores, dim=1, descending=True, stable=True), dim=1)
+            self.finished[g].add(sequences, normalised, origins, may_finish & met & (met_rank < self.group_size))
+            self.unmet[g].add(sequences, normalised, origins, may_finish & ~met & in_beam)
         else:
-            best_len = cur_len - prompt_len
-        best_running = scores.view(batch, num_groups, group_size).max(-1).values / (best_len**length_penalty)
-        done = torch.stack([f.done for f in finished], dim=1)  # [B, G, S]
-        worst = torch.stack([f.scores.min(-1).values for f in finished], dim=1)  # [B, G]
-        worst = torch.where(done, worst[:, :, None], _EMPTY)
-        can_improve &= (best_running[:, :, None] > worst).any(-1)
-        all_full = bool(done.all()) and early_stopping is True
-        this_peer_finished = all_stopped or all_full or not bool(can_improve.any())
+            self.finished[g].add(sequences, normalised, origins, may_finish & in_beam)
 
-    sequences, sequence_scores, beam_indices = _best_hypotheses(finished, unmet if constraints else None, num_return)
-    generated = (beam_indices >= 0).sum(-1).max()
-    sequences = sequences[:, : prompt_len + generated]
-    beam_indices = beam_indices[:, :generated]
-    if not want_dict:
-        return sequences
-    common = dict(
-        sequences=sequences,
-        sequences_scores=sequence_scores if want_scores else None,
-        scores=all_scores,
-        logits=raw_logits,
-        beam_indices=beam_indices,
-        **cache_field(cache_of(model_kwargs)),
-    )
-    if is_encoder_decoder:
-        encoder_outputs = model_kwargs["encoder_outputs"]
-        return GenerateBeamEncoderDecoderOutput(
-            **common,
-            encoder_attentions=encoder_outputs.get("attentions") if want_attentions else None,
-            encoder_hidden_states=encoder_outputs.get("hidden_states") if want_hidden else None,
-            decoder_attentions=decoder_attentions,
-            cross_attentions=cross_attentions,
-            decoder_hidden_states=decoder_hidden,
+    def _next_beams(self, candidates: _Candidates, continuations: _Continuations, ended: torch.Tensor) -> _GroupStep:
+        """Step 4: the first group_size candidates that go on (ended ones only fill up a shortage, as placeholders)."""
+        width = candidates.scores.shape[1]
+        going_on = candidates.valid & ~ended
+        position = torch.arange(width, device=self.device)[None, :] + (~going_on) * width
+        keep = torch.sort(position, dim=1, stable=True).indices[:, : self.group_size]
+        return _GroupStep(
+            sequences=_take(continuations.sequences, keep),
+            scores=_take(candidates.scores + (~going_on).float() * _EMPTY, keep),
+            origins=_take(continuations.origins, keep),
+            parent_rows=_take(continuations.parent_rows, keep),
+            last_tokens=_take(candidates.tokens, keep),
+            all_ended=bool(ended.all()),
         )
-    return GenerateBeamDecoderOnlyOutput(**common, attentions=decoder_attentions, hidden_states=decoder_hidden)
+
+    def _advance(self, groups: list[_GroupStep]) -> None:
+        """Make the groups' next beams the running beams, and the cache follow them."""
+        self.sequences = torch.cat([group.sequences for group in groups], dim=1)
+        self.scores = torch.cat([group.scores for group in groups], dim=1)
+        self.origins = torch.cat([group.origins for group in groups], dim=1)
+        parent_rows = torch.cat([group.parent_rows for group in groups], dim=1).reshape(-1)
+        _reorder_cache(self.model, self.model_kwargs, parent_rows)
+        self.cur_len += 1
+
+    def _update_can_improve(self) -> None:
+        """Narrow ``can_improve``: whether a running beam of each group can still beat its worst finished hypothesis.
+
+        A pool with a free slot can always take one. The running beams are judged at the current length, or at the
+        best reachable one (``early_stopping="never"``, an exact bound); once False, it stays False.
+        """
+        if self.early_stopping == "never" and self.length_penalty > 0.0:
+            best_len = self.max_length - self.prompt_len
+        else:
+            best_len = self.cur_len - self.prompt_len
+        best_running = self.scores.view(self.batch_size, self.num_groups, self.group_size).max(-1).values
+        best_running = best_running / (best_len**self.length_penalty)
+        done = torch.stack([f.done for f in self.finished], dim=1)  # [B, G, S]
+        worst = torch.stack([f.scores.min(-1).values for f in self.finished], dim=1)  # [B, G]
+        worst = torch.where(done, worst[:, :, None], _EMPTY)
+        self.can_improve &= (best_running[:, :, None] > worst).any(-1)
+
+    def _is_settled(self) -> bool:
+        """No group can improve, or (``early_stopping=True``) every finished pool is full."""
+        all_full = self.early_stopping is True and bool(torch.stack([f.done for f in self.finished]).all())
+        return all_full or not bool(self.can_improve.any())
+
+    def _result(self) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput | torch.LongTensor:
+        """The ``num_return_sequences`` best finished hypotheses, cut to the longest generated one."""
+        config = self.generation_config
+        sequences, sequences_scores, beam_indices = _best_hypotheses(
+            self.finished, self.unmet if self.constraints else None, config.num_return_sequences
+        )
+        generated = (beam_indices >= 0).sum(-1).max()
+        sequences = sequences[:, : self.prompt_len + generated]
+        beam_indices = beam_indices[:, :generated]
+        if not config.return_dict_in_generate:
+            return sequences
+        return self.step_outputs.to_generate_output(
+            sequences, sequences_scores if config.output_scores else None, beam_indices, self.model_kwargs
+        )
 
 
 def _reorder_cache(model, model_kwargs: dict, beam_rows: torch.Tensor) -> None:
@@ -546,7 +670,7 @@ def _best_hypotheses(finished: list[_FinishedHypotheses], unmet: Optional[list[_
                 "Constrained beam search could not satisfy every constraint within max_length for some inputs; "
                 "returning the best hypotheses found. Raise max_new_tokens or num_beams.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # generate(), the caller of constrained_beam_search
             )
     order = order[:, :count]
     batch = tokens.shape[0]
@@ -609,10 +733,10 @@ def diverse_beam_search(
             UserWarning,
             stacklevel=2,
         )
-    return _run_beam_search(
-        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus, num_groups, penalty, [],
-        model_kwargs,
-    )
+    return _BeamSearch(
+        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus,
+        num_groups=num_groups, diversity_penalty=penalty, constraints=[], model_kwargs=model_kwargs,
+    ).run()
 
 
 def constrained_beam_search(
@@ -638,9 +762,10 @@ def constrained_beam_search(
     if (config.num_beam_groups or 1) > 1:
         raise ValueError("Constrained beam search cannot be combined with num_beam_groups > 1.")
     constraints = build_constraints(config.force_words_ids, config.constraints)
-    return _run_beam_search(
-        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus, 1, 0.0, constraints, model_kwargs,
-    )
+    return _BeamSearch(
+        model, input_ids, logits_processor, stopping_criteria, config, synced_gpus,
+        num_groups=1, diversity_penalty=0.0, constraints=constraints, model_kwargs=model_kwargs,
+    ).run()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -668,6 +793,11 @@ def offline_decoding_function(generation_kwargs: dict, *generation_configs):
     return None
 
 
+#: The signature of the ``generate`` that ``ScratchGenerationMixin`` overrides (``self, inputs, generation_config, ...,
+#: custom_generate, **kwargs`` in transformers 5.21 to 5.24), to read its arguments however they are passed.
+_GENERATE_SIGNATURE = inspect.signature(GenerationMixin.generate)
+
+
 class ScratchGenerationMixin(GenerationMixin):
     """``GenerationMixin`` whose ``generate`` also runs diverse and constrained beam search, offline.
 
@@ -676,12 +806,14 @@ class ScratchGenerationMixin(GenerationMixin):
     ``diverse_beam_search`` / ``constrained_beam_search`` instead of fetching them from the Hub.
     """
 
-    def generate(self, *args, **kwargs):
-        if kwargs.get("custom_generate") is None and len(args) < 10:  # custom_generate is the 10th positional
-            generation_config = kwargs.get("generation_config", args[1] if len(args) > 1 else None)
+    def generate(self, *args, **kwargs) -> GenerateOutput | torch.LongTensor:
+        call = _GENERATE_SIGNATURE.bind(self, *args, **kwargs)
+        if call.arguments.get("custom_generate") is None:
+            generation_config = call.arguments.get("generation_config")
             function = offline_decoding_function(kwargs, generation_config, self.generation_config)
             if function is not None:
-                kwargs["custom_generate"] = function
+                call.arguments["custom_generate"] = function
+                args, kwargs = call.args[1:], call.kwargs
         return super().generate(*args, **kwargs)
 
 
