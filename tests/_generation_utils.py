@@ -117,7 +117,7 @@ def no_warnings():
     assert not messages, messages
 
 
-# Fixtures shared by test_generation.py and test_generation_beams.py (imported there by name).
+# Fixtures shared by test_modeling_transformer_generate.py and test_generation.py (imported there by name).
 @pytest.fixture(scope="module")
 def model() -> sf.ScratchTransformerForConditionalGeneration:
     """Half-trained reverser (vocabulary 16): varied outputs of varied lengths, often repeating tokens, uncertain

@@ -11,7 +11,7 @@ from torch import nn
 import scratchformers as sf
 
 from conftest import tiny_transformer_config
-from test_learning import LENGTH, VOCAB, copy_batch, train_to_copy
+from test_modeling_transformer_learning import LENGTH, VOCAB, copy_batch, train_to_copy
 from vit_fixtures import tiny_vit
 
 
