@@ -229,6 +229,7 @@ class MultiHeadAttention(nn.Module):
         self.is_causal = is_causal  # the kernels read this; False for encoder and cross attention
         self.is_cross_attention = is_cross_attention
         self.scoring = scoring
+        self.kernel_wrapper: Optional[Callable[[Callable], Callable]] = None  # how a model may change the kernel call
         self.layer_idx = layer_idx
         key_value_dim = self.num_key_value_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -321,17 +322,13 @@ class MultiHeadAttention(nn.Module):
 
     def attention_function(self, output_attentions: bool = False) -> Callable:
         """The one place the kernel is chosen: the config's ``attn_implementation`` for this scoring, eager when the
-        weights are asked for (fused kernels do not return them); with ``forward_implementation="fast"``, wrapped to
-        serve several query rows from one row of keys and values (``rewrites.shared_source_rows``)."""
+        weights are asked for (fused kernels do not return them), passed through ``kernel_wrapper`` if a model set
+        one (the decoder's cross-attention: ``rewrites.shared_source_rows``)."""
         implementation = self.config._attn_implementation
         if output_attentions and self.scoring == "scaled_dot":
             implementation = "eager"
         function = resolve_attention_function(implementation, self.scoring)
-        if getattr(self.config, "forward_implementation", "reference") == "fast":
-            from .rewrites import shared_source_rows
-
-            function = shared_source_rows(function)
-        return function
+        return function if self.kernel_wrapper is None else self.kernel_wrapper(function)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -96,12 +96,18 @@ def check_label_rows(
 
 
 def make_attention(config: ScratchTransformerConfig, num_heads: int, layer_idx: int, **kwargs) -> MultiHeadAttention:
-    """One of the model's attentions (encoder, decoder self- or cross-attention) with the config's choices."""
-    return MultiHeadAttention(
+    """One of the model's attentions (encoder, decoder self- or cross-attention) with the config's choices.
+
+    Cross-attention's kernel call may serve the beams of a source from one copy of its encoder output, with
+    ``forward_implementation="fast"`` (``rewrites.shared_source_rows``)."""
+    attention = MultiHeadAttention(
         config, config.d_model, num_heads, config.attention_dropout, config.attention_bias,
         scoring=config.attention_scoring, layer_idx=layer_idx, num_key_value_heads=config.num_key_value_heads,
         qk_norm=config.qk_norm, **kwargs,
     )
+    if attention.is_cross_attention:
+        attention.kernel_wrapper = rewrites.shared_source_rows
+    return attention
 
 
 class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):

@@ -8,7 +8,7 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 
 | rewrite                      | replaces                                    | saves                                          |
 |------------------------------|---------------------------------------------|------------------------------------------------|
-| `shared_source_rows`         | the attention kernel (cross-attention)      | beams / samples keep one copy of their source  |
+| `shared_source_rows`         | the kernel call of the decoder's cross-attention | beams / samples keep one copy of their source |
 | `add_linear`                 | `AddNorm.forward` around a final linear     | one pass over the residual stream              |
 | `vit_attention_heads`        | `MultiHeadAttention` steps 1-2 in the ViT   | the key bias at inference, the value bias      |
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
@@ -57,7 +57,7 @@ def shared_source_rows(attention: Callable) -> Callable:
 
     def shared(module, query, key, value, attention_mask, **kwargs):
         rows = query.shape[0] // key.shape[0]
-        if rows == 1:
+        if rows == 1 or not is_fast(module.config):
             return attention(module, query, key, value, attention_mask, **kwargs)
         batch_rows, _, length, _ = query.shape
         output, weights = attention(module, fold_rows(query, rows), key, value, attention_mask, **kwargs)
