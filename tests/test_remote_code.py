@@ -220,3 +220,15 @@ def test_the_later_papers_variants_load_with_trust_remote_code_where_the_package
     assert torch.equal(remote["tokens"], expected)
     with torch.no_grad():
         torch.testing.assert_close(remote["logits"], vit(pixels()).logits, atol=1e-6, rtol=0)
+
+
+def test_package_modules_import_their_siblings_as_from_x_import():
+    """A checkpoint carries the modules its code names in ``from .x import ...``; transformers 5.21 does not see
+    ``from . import x``, so a saved checkpoint would lack ``x.py`` there."""
+    import re
+
+    package = Path(sf.__file__).parent
+    offenders = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.match(r"\s*from \.+ import ", line)]
+    assert offenders == []

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from . import layers, rewrites
+from .layers import cross_entropy as reference_cross_entropy, init_weights
+from .rewrites import cross_entropy as fast_cross_entropy, is_fast
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 
 
@@ -22,11 +23,11 @@ class ScratchPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedMod
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        layers.init_weights(module, self.config.init_std)
+        init_weights(module, self.config.init_std)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
     """The loss of both models: cross-entropy ignoring label -100, label-smoothed by ``config.label_smoothing``
     (``layers.cross_entropy``, or its rewrite with ``forward_implementation="fast"``)."""
-    loss = rewrites.cross_entropy if rewrites.is_fast(config) else layers.cross_entropy
+    loss = fast_cross_entropy if is_fast(config) else reference_cross_entropy
     return loss(logits, labels, ignore_index=-100, label_smoothing=config.label_smoothing)

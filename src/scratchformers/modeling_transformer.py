@@ -21,7 +21,6 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from . import rewrites
 from .compat import accepts_cache_alias, cache_field, cache_of
 from .configuration_transformer import ScratchTransformerConfig
 from .generation import ScratchGenerationMixin
@@ -37,6 +36,7 @@ from .layers import (
     resolve_attention_function,
 )
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
+from .rewrites import is_fast, shared_source_rows
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -106,7 +106,7 @@ def make_attention(config: ScratchTransformerConfig, num_heads: int, layer_idx: 
         qk_norm=config.qk_norm, **kwargs,
     )
     if attention.is_cross_attention:
-        attention.kernel_wrapper = rewrites.shared_source_rows
+        attention.kernel_wrapper = shared_source_rows
     return attention
 
 
@@ -345,7 +345,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
             self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True,
                                              past_length=past_length)
         check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask,
-                              shared=rewrites.is_fast(self.config))
+                              shared=is_fast(self.config))
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
         position_embeddings = self.rotary_positions(hidden, past_length)
         for layer in self.layers:
@@ -497,7 +497,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         decoder rows from one encoder row (``rewrites.shared_source_rows``), which saves the repeat, ``k - 1`` of
         every ``k`` cross-attention key/value projections and cache entries, and reading them at every step.
         """
-        if not (is_encoder_decoder and rewrites.is_fast(self.config)):
+        if not (is_encoder_decoder and is_fast(self.config)):
             return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
         shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)

@@ -25,11 +25,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import IMAGE_PROCESSOR_NAME
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from . import rewrites
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
 from .layers import AddNorm, MultiHeadAttention, RotaryPositionalEncoding, make_feed_forward, make_norm
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
+from .rewrites import is_fast, vit_layer_applies, vit_layer_forward
 
 
 class PatchEmbedding(nn.Module):
@@ -141,8 +141,8 @@ class ScratchViTLayer(GradientCheckpointingLayer):
 
         With ``forward_implementation="fast"`` its exact rewrite runs instead where it applies
         (``rewrites.vit_layer_applies``), which with ``cls_only`` computes the [CLS] token alone."""
-        if rewrites.is_fast(self.config) and not output_attentions and rewrites.vit_layer_applies(self):
-            return rewrites.vit_layer_forward(self, hidden_states, cls_only)
+        if is_fast(self.config) and not output_attentions and vit_layer_applies(self):
+            return vit_layer_forward(self, hidden_states, cls_only)
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, output_attentions=output_attentions, position_embeddings=position_embeddings)[0]
@@ -243,7 +243,7 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
         hidden = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        cls_only = (pooled_only and rewrites.is_fast(self.config) and self.config.pooling == "cls"
+        cls_only = (pooled_only and is_fast(self.config) and self.config.pooling == "cls"
                     and not (output_hidden_states or output_attentions))
         position_embeddings = None
         if self.rotary is not None:  # RoFormer's rotation by token index: [CLS] 0, the patches 1 ... N row by row
