@@ -443,6 +443,7 @@ def test_runs_killed_while_saving_a_checkpoint_resume_and_finish(tiny_files, tmp
         new = [p for p in out.glob("checkpoint-*") if p.name not in seen and p.is_dir()]
         killed_during_save += any(run.checkpoint_problem(p) for p in new)
     run_script(tiny_args(tiny_files, out, tmp_path / "c", *options), tmp_path)
+    print(f"{len(KILL_DELAYS_MS)} kills, {killed_during_save} of them inside a checkpoint save; the run finished")
     assert killed_during_save >= 1, "no kill landed inside a save; the delays need adjusting"
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
     assert "test_bleu" in json.loads((out / "all_results.json").read_text()) and (out / "README.md").is_file()

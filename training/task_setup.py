@@ -1,0 +1,68 @@
+"""What the tasks' ``prepare`` functions share: the ``Job`` they return, the sample limits, and the checks of
+the flags that shape a new model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """Everything prepared for one run: nothing has been trained or written yet."""
+
+    trainer: Trainer
+    raw: Any  # DatasetDict of the untokenized data
+    processed: dict  # split -> tokenized / transformed dataset
+    resume_from: Optional[str]
+    report: Callable[[dict, str], list[dict]]  # rank 0, after saving: the saved model's samples, printed results
+    saved_config: dict = field(default_factory=dict)  # config fields the Trainer changes for training, restored on save
+    final_eval_kwargs: dict = field(default_factory=dict)  # e.g. beam search for the final evaluation and test
+
+
+def select_samples(raw, data_args):
+    """Cut the splits to ``--max_train_samples``, ``--max_eval_samples`` and ``--max_predict_samples``."""
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples or data_args.max_eval_samples,
+    }
+    for split, limit in limits.items():
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+def trainer_datasets(processed: dict, training_args) -> dict[str, Any]:
+    """The Trainer's ``train_dataset`` and ``eval_dataset``: each only when the run trains, or evaluates (during
+    training or at the end)."""
+    evaluates = training_args.do_eval or training_args.eval_strategy != "no"
+    return dict(train_dataset=processed["train"] if training_args.do_train else None,
+                eval_dataset=processed["validation"] if evaluates else None)
+
+
+def apply_config_overrides(config, overrides: Optional[str]):
+    """``"d_model=128,dropout=0.2"`` -> typed config fields, then the config's own validation."""
+    if not overrides:
+        return config
+    logger.info(f"Overriding config: {overrides}")
+    try:
+        config.update_from_string(overrides)
+    except ValueError as error:
+        raise ValueError(f"--config_overrides {overrides!r}: {error}") from error
+    if hasattr(config, "validate_architecture"):
+        config.validate_architecture()
+    return config
+
+
+def check_architecture_flags(model_args, resume_from: Optional[str]) -> None:
+    """Presets and overrides shape new models only; a resumed run keeps its checkpoint's architecture."""
+    if model_args.config_overrides and model_args.model_name_or_path:
+        raise ValueError("--config_overrides applies to new models only, not with --model_name_or_path.")
+    if resume_from:
+        logger.info(f"Resuming: the architecture is the one of {resume_from} (--model_size/--config_overrides unused).")

@@ -1,0 +1,105 @@
+"""The Trainer side of a run: the Trainer subclasses (the model's own loss, our model card) and the
+train / save / evaluate / test sequence that writes the Hugging Face results files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import Seq2SeqTrainer, Trainer
+
+from model_card import render_model_card
+from output_dir import same_directory
+from task_setup import Job
+
+
+class ScratchTrainerMixin:
+    """The model computes the loss (with ``--label_smoothing_factor``); ``create_model_card`` (also called by
+    ``push_to_hub``) writes our card, rendered from ``hub_card.md``."""
+
+    card_context: Optional[dict] = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One loss: the model's own, the function a reader finds in the model code. --label_smoothing_factor is
+        # carried into its config; the Trainer's label smoother would pop the labels and compute a second loss.
+        self.model.config.label_smoothing = self.args.label_smoothing_factor
+        self.label_smoother = None
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        if self.card_context is None or not self.is_world_process_zero():
+            return
+        render_model_card(**self.card_context).save(Path(self.args.output_dir) / "README.md")
+
+
+class ScratchSeq2SeqTrainer(ScratchTrainerMixin, Seq2SeqTrainer):
+    pass
+
+
+class ScratchTrainer(ScratchTrainerMixin, Trainer):
+    pass
+
+
+def train_evaluate_save(job: Job, training_args, model_args) -> dict:
+    """Train (resuming if asked), save the final model, evaluate on validation and test; HF-style results files.
+
+    An evaluation-only run saves the model only when asked (``--save_evaluated_model``)."""
+    trainer, datasets_, resume_from = job.trainer, job.processed, job.resume_from
+    results: dict[str, Any] = {}
+    if training_args.do_train:
+        start = time.time()
+        # Read before training: checkpoint rotation may delete the checkpoint the run resumed from.
+        resumed_state = json.loads((Path(resume_from) / "trainer_state.json").read_text()) if resume_from else None
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+        for key, value in job.saved_config.items():
+            setattr(trainer.model.config, key, value)
+        trainer.save_model()  # weights, config (auto_map, custom_pipelines), generation config, tokenizer/processor
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(datasets_["train"])
+        metrics["train_steps"] = trainer.state.global_step
+        if resumed_state:
+            metrics["train_resumed_from_step"] = resumed_state["global_step"]
+            metrics["train_loss"] = whole_run_loss(resumed_state, metrics["train_loss"], trainer.state.global_step)
+        metrics["train_wall_seconds"] = round(time.time() - start, 1)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update(metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate(eval_dataset=datasets_["validation"], metric_key_prefix="eval", **job.final_eval_kwargs)
+        metrics["eval_samples"] = len(datasets_["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.do_predict:
+        prediction = trainer.predict(datasets_["test"], metric_key_prefix="test", **job.final_eval_kwargs)
+        metrics = dict(prediction.metrics)
+        metrics["test_samples"] = len(datasets_["test"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results.update(metrics)
+    if not training_args.do_train and same_directory(model_args.model_name_or_path, training_args.output_dir):
+        train_results = Path(training_args.output_dir) / "train_results.json"
+        if train_results.is_file():  # a finished run evaluated again: its training figures
+            results.update(json.loads(train_results.read_text()))
+    elif not training_args.do_train and model_args.save_evaluated_model:
+        for key, value in job.saved_config.items():
+            setattr(trainer.model.config, key, value)
+        trainer.save_model()
+    return results
+
+
+def whole_run_loss(state: dict, resumed_loss: float, global_step: int) -> float:
+    """The mean training loss over every step of a resumed run: the Trainer's ``train_loss`` covers the steps
+    after the resume only; the steps before come from the checkpoint's logged losses (exact when
+    ``logging_steps`` divides the resume step, else their logged mean stands in for the unlogged tail)."""
+    resumed_at = state["global_step"]
+    total, covered = 0.0, 0  # summed loss over the logged steps, and the last logged step
+    for entry in state.get("log_history", []):
+        if "loss" in entry and entry["step"] <= resumed_at:
+            total, covered = total + entry["loss"] * (entry["step"] - covered), entry["step"]
+    if not covered or global_step <= resumed_at:
+        return resumed_loss
+    return (total / covered * resumed_at + resumed_loss * (global_step - resumed_at)) / global_step
