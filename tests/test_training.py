@@ -293,6 +293,9 @@ def test_translation_run_writes_a_complete_output_directory(tiny_files, tmp_path
     assert "| d_model | 48 |" in body and "| learning rate |" in body and "${" not in card and "&id0" not in card
     assert f'pipeline("translation", model={str(out.resolve())!r}, trust_remote_code=True)' in body
     assert printed.count("source:") == 2 and "BLEU" in printed and "chrF" in printed
+    for picture in ("training_curves.png", "attention.png"):  # PNG files, linked from the card
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / picture).stat().st_size > 5000
+        assert f"]({picture})" in body
 
 
 @pytest.mark.parametrize("flag", ["--save_strategy", "--eval_strategy"])
@@ -588,6 +591,7 @@ def test_end_to_end_image_classification_loads_anywhere(tmp_path):
     assert result.stdout.count("predicted") == 3
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "scratch_vit" and config["num_channels"] == 1 and len(config["id2label"]) == 10
+    assert (out / "training_curves.png").stat().st_size > 5000 and "](training_curves.png)" in (out / "README.md").read_text()
     meta = yaml.safe_load((out / "README.md").read_text().split("---", 2)[1])
     assert meta["pipeline_tag"] == "image-classification" and meta["metrics"] == ["accuracy"]
     check = run_without_package(f"""

@@ -45,6 +45,13 @@ def test_cross_attention_of_generated_target(model_and_tokenizer, tmp_path):
     assert result.weights.shape == (len(generated), len(source_ids))
     assert (result.weights >= 0).all()
     np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, atol=1e-5)
+    # The plotted weights are the model's own last-layer cross-attention, averaged over the heads, with the decoder
+    # reading <start> and the generated tokens but the last.
+    with torch.no_grad():
+        decoder_input_ids = torch.tensor([[model.config.decoder_start_token_id, *generated[:-1]]])
+        cross = model(input_ids=torch.tensor([source_ids]), decoder_input_ids=decoder_input_ids,
+                      output_attentions=True).cross_attentions
+    np.testing.assert_allclose(result.weights, cross[-1][0].mean(0).numpy(), atol=1e-6)
     # The figure shows these tokens on its axes.
     assert tick_labels(result, "x") == result.col_labels
     assert tick_labels(result, "y") == result.row_labels
@@ -62,6 +69,13 @@ def test_forced_target_and_padding_gets_zero_weight(model_and_tokenizer, tmp_pat
     assert (result.weights[:, real:] == 0).all()
     np.testing.assert_allclose(result.weights[:, :real].sum(axis=1), 1.0, atol=1e-5)
     assert "layer 0, head 2" in result.figure.axes[0].get_title()
+    # The padded source's first layer, third head: its real tokens get what the unpadded source gets
+    target = tokenizer(text_target="the big dog ran")["input_ids"]
+    with torch.no_grad():
+        cross = model(input_ids=torch.tensor([tokenizer(SOURCES[0])["input_ids"]]),
+                      decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id, *target[:-1]]]),
+                      output_attentions=True).cross_attentions
+    np.testing.assert_allclose(result.weights[:, :real], cross[0][0, 2].numpy(), atol=1e-6)
 
 
 def test_encoder_self_attention(model_and_tokenizer, tmp_path):
@@ -98,7 +112,7 @@ def test_sdpa_model_gives_the_eager_weights(tmp_path):
     assert sdpa.config._attn_implementation == "sdpa" and not sdpa.training
 
 
-def test_training_mode_is_restored_and_bad_arguments_are_named(model_and_tokenizer):
+def test_training_mode_is_restored(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     model.train()
     try:
@@ -106,12 +120,21 @@ def test_training_mode_is_restored_and_bad_arguments_are_named(model_and_tokeniz
         assert model.training
     finally:
         model.eval()
-    with pytest.raises(ValueError, match="layer=5"):
-        sf.plot_attention(model, tokenizer, SOURCES[0], target="x", layer=5)
-    with pytest.raises(ValueError, match="head=4"):
-        sf.plot_attention(model, tokenizer, SOURCES[0], target="x", head=4)
-    with pytest.raises(ValueError, match="kind="):
-        sf.plot_attention(model, tokenizer, SOURCES[0], kind="decoder")
+
+
+BAD_ARGUMENTS = {  # name -> (plot_attention arguments, exact error message)
+    "layer_past_the_last": (dict(target="x", layer=5), r"layer=5 is out of range: the model has 2 layers\."),
+    "layer_before_the_first": (dict(target="x", layer=-3), r"layer=-3 is out of range: the model has 2 layers\."),
+    "head_past_the_last": (dict(target="x", head=4), r"head=4 is out of range: the layer has 4 heads\."),
+    "unknown_kind": (dict(kind="decoder"), r"kind='decoder' is not supported; allowed values: 'cross', 'encoder'\."),
+}
+
+
+@pytest.mark.parametrize("arguments, message", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS)
+def test_bad_arguments_are_named(model_and_tokenizer, arguments, message):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        sf.plot_attention(model, tokenizer, SOURCES[0], **arguments)
 
 
 def test_missing_matplotlib_names_the_install_command(model_and_tokenizer, monkeypatch):
@@ -175,3 +198,18 @@ def test_plot_vit_attention(tmp_path):
     np.testing.assert_allclose(result.mask, expected, atol=1e-6)
     # The overlay is drawn on the original image, not on the resized model input.
     assert result.figure.axes[1].get_images()[0].get_array().shape[:2] == (40, 52)
+
+
+def test_training_curves_plot_the_logged_losses_and_the_metric(tmp_path):
+    from scratchformers.visualization import plot_training_curves
+
+    history = [{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}, {"step": 20, "eval_loss": 2.5, "eval_bleu": 1.5},
+               {"step": 30, "loss": 1.5}, {"step": 40, "eval_loss": 2.0, "eval_bleu": 4.0},
+               {"step": 40, "train_runtime": 9.0, "train_loss": 2.1}, {"step": 40, "eval_loss": 2.5, "eval_bleu": 1.5}]
+    figure = plot_training_curves(history, "bleu", tmp_path / "curves.png")
+    loss_axis, metric_axis = figure.axes
+    lines = {line.get_label(): line.get_xydata().tolist() for line in loss_axis.get_lines()}
+    assert lines == {"training loss": [[10, 3.0], [20, 2.0], [30, 1.5]], "evaluation loss": [[20, 2.5], [40, 2.0]]}
+    assert metric_axis.get_lines()[0].get_xydata().tolist() == [[20, 1.5], [40, 4.0]]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(plot_training_curves(history[:1]).axes) == 1  # no evaluation yet: the loss panel alone

@@ -7,7 +7,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import datasets
 import torch
@@ -117,7 +117,7 @@ def _escape(text: str) -> str:
 
 
 def render_model_card(model, model_args, data_args, training_args, results, samples, num_train,
-                      world_size) -> ModelCard:
+                      world_size, pictures: Sequence[tuple[str, str]] = ()) -> ModelCard:
     """Fill ``hub_card.md`` from the ``CARD_TASKS`` entry of the run's task: ``huggingface_hub`` writes the YAML
     metadata (a model-index of the measured results); the body holds the tables, samples and a usage snippet."""
     task, config = CARD_TASKS[data_args.task], model.config
@@ -198,6 +198,7 @@ def render_model_card(model, model_args, data_args, training_args, results, samp
         hyperparameter_rows=_table(hyperparameters),
         result_rows="\n".join(result_rows) or "| - | - | - |",
         samples=samples_table,
+        pictures="\n\n".join(f"![{caption}]({name})" for name, caption in pictures),
         usage=task.usage.format(**fields),
         framework_versions=versions,
     )

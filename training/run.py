@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 from image_task import prepare_image_classification
 from model_card import CARD_TEMPLATE
 from output_dir import check_output_dir, same_directory, skip_finished_training
+from pictures import draw_pictures
 from output_dir import CHECKPOINT_NAME, checkpoint_problem  # noqa: F401  (tests reach them as run.<name>)
 from task_setup import Job
 from trainer import ScratchSeq2SeqTrainer, train_evaluate_save  # noqa: F401  (tests reach it as run.<name>)
@@ -325,9 +326,11 @@ def finish(trainer, model_args, data_args, training_args, results: dict, samples
             print(f"\nResults written to {os.path.abspath(training_args.output_dir)}; the model stays in "
                   f"{model_args.model_name_or_path} (--save_evaluated_model True saves a copy with a model card).")
         return
+    pictures = draw_pictures(trainer, data_args.task, raw["test"]) if trainer.is_world_process_zero() else []
     trainer.card_context = dict(
         model=trainer.model, model_args=model_args, data_args=data_args, training_args=training_args,
         results=results, samples=samples, num_train=len(raw["train"]), world_size=training_args.world_size,
+        pictures=pictures,
     )
     trainer.create_model_card()
     if trainer.is_world_process_zero():

@@ -33,7 +33,7 @@ def _new_figure(**kwargs) -> "Figure":
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "Plotting attention needs matplotlib, which is not installed. Install it with: pip install matplotlib "
+            "Plotting needs matplotlib, which is not installed. Install it with: pip install matplotlib "
             "(or pip install 'scratchformers[plot]')."
         ) from error
     return Figure(**kwargs)
@@ -191,6 +191,41 @@ def _save(figure: "Figure", path: Union[str, Path, None]) -> Optional[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Training curves, from the Trainer's log history
+# --------------------------------------------------------------------------------------------------------------
+def plot_training_curves(log_history: Sequence[dict], metric: Optional[str] = None,
+                         path: Union[str, Path, None] = None) -> "Figure":
+    """Training loss (and evaluation loss) against steps, and the evaluation ``metric`` (e.g. ``"bleu"``) against
+    steps beside it, from ``trainer.state.log_history`` (``trainer_state.json``'s ``log_history``); saved as PNG
+    when ``path`` is given."""
+    # Evaluations after the end of training (the final one, of the best checkpoint) are not points of the curve.
+    ended = next((i for i, entry in enumerate(log_history) if "train_runtime" in entry), len(log_history))
+    during_training = log_history[:ended]
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        points = [(entry["step"], entry[key]) for entry in during_training if key in entry and "step" in entry]
+        return [step for step, _ in points], [value for _, value in points]
+
+    eval_metric = f"eval_{metric}" if metric else None
+    panels = 2 if eval_metric and series(eval_metric)[0] else 1
+    figure = _new_figure(figsize=(5.5 * panels, 3.6), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    for key, label in (("loss", "training loss"), ("eval_loss", "evaluation loss")):
+        steps, values = series(key)
+        if steps:
+            axes[0].plot(steps, values, marker="." if key == "eval_loss" else None, label=label)
+    axes[0].set(xlabel="step", ylabel="loss", title="loss")
+    axes[0].legend()
+    if panels == 2:
+        axes[1].plot(*series(eval_metric), marker="o", color="tab:green")
+        axes[1].set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    _save(figure, path)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------------------
 # ViT: attention rollout (Abnar & Zuidema, 2020)
 # --------------------------------------------------------------------------------------------------------------
 def attention_rollout(
@@ -282,6 +317,7 @@ def plot_vit_attention(
 
 __all__ = [
     "plot_attention",
+    "plot_training_curves",
     "plot_vit_attention",
     "attention_rollout",
     "select_attention",
