@@ -83,10 +83,24 @@ def test_a_ported_model_saves_and_serves_with_the_google_vit_preprocessing(tmp_p
     assert top["score"] == pytest.approx(float(probabilities.max()), abs=1e-4)
 
 
-def test_unsupported_models_are_refused_clearly():
-    with pytest.raises(TypeError, match="ViTForImageClassification"):
-        sf.vit_to_scratch(ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)))
-    with pytest.raises(ValueError, match="square image_size"):
-        sf.vit_to_scratch(make_hf_vit(image_size=(32, 48)))
-    with pytest.raises(ValueError, match="activation"):
-        sf.vit_to_scratch(make_hf_vit(hidden_act="gelu_new"))
+UNSUPPORTED = {  # name -> (make the Hugging Face model, error type, exact message)
+    "bare_vit_model_without_a_classifier": (
+        lambda: ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)),
+        TypeError, r"vit_to_scratch expects a transformers ViTForImageClassification, got ViTModel\.",
+    ),
+    "non_square_image_size": (
+        lambda: make_hf_vit(image_size=(32, 48)),
+        ValueError, r"Only square image_size can be ported, got image_size=\(32, 48\)\.",
+    ),
+    "activation_without_a_counterpart": (
+        lambda: make_hf_vit(hidden_act="gelu_new"),
+        ValueError, r"ViT activation 'gelu_new' has no counterpart here \(allowed: \('relu', 'gelu', 'silu', .*\)\)\.",
+    ),
+}
+
+
+@pytest.mark.parametrize("make_model, error, message", UNSUPPORTED.values(), ids=UNSUPPORTED)
+def test_unsupported_models_are_refused_clearly(make_model, error, message):
+    hf = make_model()
+    with pytest.raises(error, match=f"^{message}$"):
+        sf.vit_to_scratch(hf)

@@ -103,13 +103,29 @@ def test_fashion_mnist_idx_files_read():
     assert labels.shape == (10_000,) and set(labels.tolist()) == set(range(10))
 
 
-def test_unknown_and_wrong_task_aliases():
-    with pytest.raises(DatasetError, match="Unknown embedded dataset 'embedded:nope'.*embedded:bible"):
-        load_translation_dataset("embedded:nope")
-    with pytest.raises(DatasetError, match="image-classification dataset, not translation"):
-        load_translation_dataset("embedded:mnist-5k")
-    with pytest.raises(DatasetError, match="translation dataset, not image-classification"):
-        load_image_dataset("embedded:bible")
+ALIAS_MISTAKES = {  # name -> (call, error message)
+    "unknown_alias": (
+        lambda: load_translation_dataset("embedded:nope"),
+        r"^Unknown embedded dataset 'embedded:nope'\. Available: embedded:bible, embedded:fashion-mnist, "
+        r"embedded:hsk, embedded:mnist-5k\.$",
+    ),
+    "image_alias_for_translation": (
+        lambda: load_translation_dataset("embedded:mnist-5k"),
+        r"^embedded:mnist-5k is an? image-classification dataset, not translation; use one of: embedded:bible, "
+        r"embedded:hsk\.$",
+    ),
+    "translation_alias_for_images": (
+        lambda: load_image_dataset("embedded:bible"),
+        r"^embedded:bible is a translation dataset, not image-classification; use one of: embedded:fashion-mnist, "
+        r"embedded:mnist-5k\.$",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, message", ALIAS_MISTAKES.values(), ids=ALIAS_MISTAKES)
+def test_unknown_and_wrong_task_aliases(call, message):
+    with pytest.raises(DatasetError, match=message):
+        call()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,32 +181,64 @@ def test_csv_and_tsv_keep_quotes_and_na_strings(tmp_path):
     assert PAIRS[3][0] in {e["source"] for s in ds for e in ds[s]}
 
 
-def test_bad_translation_files(tmp_path):
-    cache = str(tmp_path / "c")
-    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"src": s, "tgt": t} for s, t in PAIRS])
-    with pytest.raises(DatasetError, match=r"columns \['src', 'tgt'\]; expected 'source' and 'target'"):
-        load_translation_dataset(train_file=wrong, cache_dir=cache)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n  \n")
-    with pytest.raises(DatasetError, match="is empty"):
-        load_translation_dataset(train_file=str(empty), cache_dir=cache)
-    unequal = write_jsonl(tmp_path / "unequal.jsonl",
-                          [{"source": s, "target": t} for s, t in PAIRS[:5]] + [{"source": "only a source"}])
-    with pytest.raises(DatasetError, match="6 source and 5 target sentences in 6 rows.*row 5"):
-        load_translation_dataset(train_file=unequal, cache_dir=cache)
-    short_tsv = tmp_path / "short.tsv"
-    short_tsv.write_text("source\ttarget\na\tb\nc\t\n")
-    with pytest.raises(DatasetError, match="2 source and 1 target"):
-        load_translation_dataset(train_file=str(short_tsv), cache_dir=cache)
-    with pytest.raises(DatasetError, match="does not exist"):
-        load_translation_dataset(train_file=str(tmp_path / "missing.jsonl"))
-    with pytest.raises(DatasetError, match="Unsupported data file"):
-        (tmp_path / "x.parquetx").write_text("x")
-        load_translation_dataset(train_file=str(tmp_path / "x.parquetx"))
-    with pytest.raises(DatasetError, match="needs --train_file"):
-        load_translation_dataset(validation_file=wrong)
-    with pytest.raises(DatasetError, match="either --dataset_name or"):
-        load_translation_dataset("embedded:bible", train_file=wrong)
+def _file(path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _wrong_columns(tmp_path) -> str:
+    return write_jsonl(tmp_path / "wrong.jsonl", [{"src": s, "tgt": t} for s, t in PAIRS])
+
+
+BAD_TRANSLATION_FILES = {  # name -> (call given tmp_path and a cache directory, error message)
+    "wrong_columns": (
+        lambda tmp, cache: load_translation_dataset(train_file=_wrong_columns(tmp), cache_dir=cache),
+        r"^The train data has columns \['src', 'tgt'\]; expected 'source' and 'target', or a 'translation' column "
+        r"of dicts\.$",
+    ),
+    "empty_file": (
+        lambda tmp, cache: load_translation_dataset(train_file=_file(tmp / "empty.jsonl", "\n  \n"), cache_dir=cache),
+        r"^train file '.*empty\.jsonl' is empty\.$",
+    ),
+    "jsonl_row_without_a_target": (
+        lambda tmp, cache: load_translation_dataset(
+            train_file=write_jsonl(tmp / "unequal.jsonl", [{"source": s, "target": t} for s, t in PAIRS[:5]]
+                                   + [{"source": "only a source"}]),
+            cache_dir=cache,
+        ),
+        r"^The train data has 6 source and 5 target sentences in 6 rows: every row needs both \(row 5: "
+        r"source='only a source', target=None\)\.$",
+    ),
+    "tsv_row_with_an_empty_target": (
+        lambda tmp, cache: load_translation_dataset(
+            train_file=_file(tmp / "short.tsv", "source\ttarget\na\tb\nc\t\n"), cache_dir=cache
+        ),
+        r"^The train data has 2 source and 1 target sentences in 2 rows: every row needs both \(row 1: "
+        r"source='c', target=''\)\.$",
+    ),
+    "missing_file": (
+        lambda tmp, cache: load_translation_dataset(train_file=str(tmp / "missing.jsonl")),
+        r"^train file '.*missing\.jsonl' does not exist\.$",
+    ),
+    "unsupported_extension": (
+        lambda tmp, cache: load_translation_dataset(train_file=_file(tmp / "x.parquetx", "x")),
+        r"^Unsupported data file '.*x\.parquetx': use \.jsonl, \.json, \.csv or \.tsv \(optionally compressed\)\.$",
+    ),
+    "validation_file_without_train_file": (
+        lambda tmp, cache: load_translation_dataset(validation_file=_wrong_columns(tmp)),
+        r"^Local data needs --train_file \(validation and test are carved from it if missing\)\.$",
+    ),
+    "dataset_name_and_train_file": (
+        lambda tmp, cache: load_translation_dataset("embedded:bible", train_file=_wrong_columns(tmp)),
+        r"^Pass either --dataset_name or --train_file/--validation_file/--test_file, not both\.$",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, message", BAD_TRANSLATION_FILES.values(), ids=BAD_TRANSLATION_FILES)
+def test_bad_translation_files(tmp_path, call, message):
+    with pytest.raises(DatasetError, match=message):
+        call(tmp_path, str(tmp_path / "c"))
 
 
 def test_hub_name_goes_to_load_dataset_and_fails_clearly_offline(monkeypatch):
@@ -228,23 +276,46 @@ def test_image_folder_gives_class_labels(tmp_path):
     assert ds["validation"][0]["image"].size == (8, 8)
 
 
-def test_bad_image_folders(tmp_path):
-    cache = str(tmp_path / "c")
+def _folder_with_a_broken_image(tmp_path) -> str:
     train = make_image_folder(tmp_path / "train")
     (tmp_path / "train" / "dog" / "broken.png").write_bytes(b"not a png at all")
-    with pytest.raises(DatasetError, match="Unreadable images.*broken.png"):
-        load_image_dataset(train_file=train, cache_dir=cache)
+    return train
+
+
+def _empty_folder(tmp_path) -> str:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="empty"):
-        load_image_dataset(train_file=str(tmp_path / "empty"), cache_dir=cache)
-    flat = tmp_path / "flat"
-    flat.mkdir()
+    return str(tmp_path / "empty")
+
+
+def _flat_folder(tmp_path) -> str:
     from PIL import Image
 
+    flat = tmp_path / "flat"
+    flat.mkdir()
     for i in range(6):
         Image.new("L", (8, 8)).save(flat / f"{i}.png")
-    with pytest.raises(DatasetError, match="has no sub-folders; a classifier needs at least 2 classes, one sub-folder"):
-        load_image_dataset(train_file=str(flat), cache_dir=cache)
+    return str(flat)
+
+
+BAD_IMAGE_FOLDERS = {  # name -> (make the folder in tmp_path, error message)
+    "unreadable_image": (
+        _folder_with_a_broken_image,
+        r"^Unreadable images in the train data: .*broken\.png \(UnidentifiedImageError: cannot identify image "
+        r"file '.*broken\.png'\)$",
+    ),
+    "empty_folder": (_empty_folder, r"^The train image folder '.*empty' is empty\.$"),
+    "images_without_class_sub_folders": (
+        _flat_folder,
+        r"^The train image folder '.*flat' has no sub-folders; a classifier needs at least 2 classes, one sub-folder "
+        r"per class \(.*flat/cat/\.\.\., .*flat/dog/\.\.\.\)\.$",
+    ),
+}
+
+
+@pytest.mark.parametrize("make_folder, message", BAD_IMAGE_FOLDERS.values(), ids=BAD_IMAGE_FOLDERS)
+def test_bad_image_folders(tmp_path, make_folder, message):
+    with pytest.raises(DatasetError, match=message):
+        load_image_dataset(train_file=make_folder(tmp_path), cache_dir=str(tmp_path / "c"))
 
 
 def test_an_image_folder_with_one_class_is_refused(tmp_path):

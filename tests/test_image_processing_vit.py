@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoImageProcessor, pipeline
 
 import scratchformers as sf
@@ -64,22 +64,44 @@ def test_grayscale_and_color_are_converted_like_pillow():
     torch.testing.assert_close(pixels(gray_processor, np.asarray(rgba)), pixels(gray_processor, rgba), **exactly)
 
 
-def test_inputs_that_are_not_images_give_clear_errors(saved_vit, tmp_path):
+def _text_file(tmp_path) -> str:
+    (tmp_path / "notes.txt").write_text("not an image")
+    return str(tmp_path / "notes.txt")
+
+
+def _expects_an_image(got: str) -> str:
+    return (r"^ScratchViTImageProcessorPil expects an image: a PIL\.Image, a numpy array or torch tensor \(H x W, "
+            r"H x W x C or C x H x W\), a file path or URL, or a list of those; got " + got + r"\.$")
+
+
+NOT_IMAGES = {  # name -> (call given the pipeline and tmp_path, error type, message); the pipeline's are transformers'
+    "pipeline_given_an_int": (lambda classify, tmp: classify(42), TypeError, "Incorrect format used for image"),
+    "pipeline_given_a_missing_path": (
+        lambda classify, tmp: classify(str(tmp / "missing.png")), ValueError,
+        r"valid path to an image file.*Got .*missing\.png",
+    ),
+    "pipeline_given_a_text_file": (
+        lambda classify, tmp: classify(_text_file(tmp)), UnidentifiedImageError,
+        r"^cannot identify image file '.*notes\.txt'$",
+    ),
+    "processor_given_None": (lambda classify, tmp: classify.image_processor(None), TypeError,
+                             _expects_an_image("NoneType")),
+    "processor_given_an_int": (lambda classify, tmp: classify.image_processor(42), TypeError, _expects_an_image("int")),
+    "processor_given_a_dict": (lambda classify, tmp: classify.image_processor({"pixels": 1}), TypeError,
+                               _expects_an_image("dict")),
+    "processor_given_five_channels": (
+        lambda classify, tmp: classify.image_processor(np.zeros((5, 20, 20), dtype=np.uint8)), ValueError,
+        "channel dimension",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, error, message", NOT_IMAGES.values(), ids=NOT_IMAGES)
+def test_inputs_that_are_not_images_give_clear_errors(saved_vit, tmp_path, call, error, message):
     _, path = saved_vit
     classify = pipeline("image-classification", model=str(path))
-    with pytest.raises(TypeError, match="Incorrect format used for image"):
-        classify(42)
-    with pytest.raises(ValueError, match="valid path to an image file"):
-        classify(str(tmp_path / "missing.png"))
-    (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(Exception, match="cannot identify image file"):
-        classify(str(tmp_path / "notes.txt"))
-    processor = classify.image_processor
-    for not_an_image in (None, 42, {"pixels": 1}):
-        with pytest.raises(TypeError, match="expects an image: a PIL.Image, a numpy array"):
-            processor(not_an_image)
-    with pytest.raises(ValueError, match="channel dimension"):
-        processor(np.zeros((5, 20, 20), dtype=np.uint8))
+    with pytest.raises(error, match=message):
+        call(classify, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,24 +245,33 @@ def test_16_bit_and_float_images_keep_their_precision_through_resizing():
                                    rtol=0, msg=name)
 
 
-def test_values_out_of_their_range_are_errors_not_clipped():
+FLOATS = np.random.default_rng(0).random((SIZE, SIZE, 3))
+NOT_CLIPPED = (r", outside \[0, {top}\] for a {dtype} image; nothing is clipped: bring it into that range \(e\.g\. "
+               r"divide 0-255 floats by 255\) or set rescale_factor to its scale\.$")
+FLOAT_NOT_CLIPPED = NOT_CLIPPED.format(top=1, dtype="float")
+NO_SCALE = (r"^Cannot tell the scale of an image of dtype {dtype}: pass uint8 \(0-255\), uint16 \(0-65535\) or int32 "
+            r"\(16-bit data, like PIL mode I\) integers or floats in \[0, 1\], or set rescale_factor to your scale\.$")
+OUT_OF_RANGE = {  # name -> (image, error message: the values' span, the range of the dtype)
+    "0-255_floats": (FLOATS * 255, r"^The image's values span \[0\.04845\d*, 254\.887\d*\]" + FLOAT_NOT_CLIPPED),
+    "negative_floats": (FLOATS - 0.5, r"^The image's values span \[-0\.49981\d*, 0\.49955\d*\]" + FLOAT_NOT_CLIPPED),
+    "NaN": (np.where(FLOATS < 0.1, np.nan, FLOATS), FLOAT_NOT_CLIPPED),
+    "PIL_F_above_1": (Image.fromarray((FLOATS[..., 0] * 2).astype(np.float32)),
+                      r"^The image's values span \[0\.00038\d*, 1\.9978\d*\]" + FLOAT_NOT_CLIPPED),
+    "torch_floats_above_1": (torch.from_numpy(FLOATS * 3),
+                             r"^The image's values span \[0\.00057\d*, 2\.9986\d*\]" + FLOAT_NOT_CLIPPED),
+    "int32_above_65535": (np.full((SIZE, SIZE), 70000, dtype=np.int32),
+                          r"^The image's values span \[70000, 70000\]" + NOT_CLIPPED.format(top=65535, dtype="int32")),
+    # no image convention: an error, not a guess
+    **{f"dtype_{np.dtype(dtype)}": (np.zeros((SIZE, SIZE, 3), dtype=dtype), NO_SCALE.format(dtype=np.dtype(dtype)))
+       for dtype in (np.int64, np.int16, np.uint32)},
+}
+
+
+@pytest.mark.parametrize("image, message", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE)
+def test_values_out_of_their_range_are_errors_not_clipped(image, message):
     processor = sf.make_image_processor(tiny_vit(num_channels=3).config)
-    rng = np.random.default_rng(0)
-    floats = rng.random((SIZE, SIZE, 3))
-    for name, image in {
-        "0-255 floats": floats * 255,
-        "negative floats": floats - 0.5,
-        "NaN": np.where(floats < 0.1, np.nan, floats),
-        "PIL F above 1": Image.fromarray((floats[..., 0] * 2).astype(np.float32)),
-        "torch floats above 1": torch.from_numpy(floats * 3),
-    }.items():
-        with pytest.raises(ValueError, match=r"outside \[0, 1\] for a float image; nothing is clipped"):
-            processor(image)
-    with pytest.raises(ValueError, match=r"outside \[0, 65535\] for a int32 image; nothing is clipped"):
-        processor(np.full((SIZE, SIZE), 70000, dtype=np.int32))
-    for dtype in (np.int64, np.int16, np.uint32):  # no image convention: an error, not a guess
-        with pytest.raises(ValueError, match=f"Cannot tell the scale of an image of dtype {np.dtype(dtype)}"):
-            processor(np.zeros((SIZE, SIZE, 3), dtype=dtype))
+    with pytest.raises(ValueError, match=message):
+        processor(image)
 
 
 def test_a_custom_rescale_factor_or_no_rescaling_declares_the_scale():
@@ -316,21 +347,23 @@ def test_the_pipeline_gives_the_model_16_bit_float_and_transparent_files_at_full
             assert scores[label] == pytest.approx(float(probabilities[index]), abs=1e-6), name
 
 
-def test_empty_images_are_a_clear_error_naming_the_shape(saved_vit):
+EMPTIES = {  # name -> (empty image, what the error names: the array's shape, or the PIL image's (height, width))
+    "numpy_0x0": (np.zeros((0, 0), dtype=np.uint8), "image of shape (0, 0)"),
+    "numpy_32x0x3": (np.zeros((32, 0, 3), dtype=np.uint8), "image of shape (32, 0, 3)"),
+    "numpy_batch_of_no_images": (np.zeros((0, 32, 32, 3), dtype=np.uint8), "image of shape (0, 32, 32, 3)"),
+    "torch_3x0x5": (torch.zeros(3, 0, 5), "image of shape (3, 0, 5)"),
+    "pil_0x0": (Image.new("RGB", (0, 0)), "PIL image of (height, width) (0, 0)"),
+    "pil_7x0": (Image.new("L", (0, 7)), "PIL image of (height, width) (7, 0)"),
+}
+
+
+@pytest.mark.parametrize("empty, named", EMPTIES.values(), ids=EMPTIES)
+def test_empty_images_are_a_clear_error_naming_the_shape(saved_vit, empty, named):
     _, path = saved_vit
     classify = pipeline("image-classification", model=str(path))
-    empties = {
-        "(0, 0)": np.zeros((0, 0), dtype=np.uint8),
-        "(32, 0, 3)": np.zeros((32, 0, 3), dtype=np.uint8),
-        "(0, 32, 32, 3)": np.zeros((0, 32, 32, 3), dtype=np.uint8),  # a batch of no images
-        "(3, 0, 5)": torch.zeros(3, 0, 5),
-        "(0, 0)  PIL": Image.new("RGB", (0, 0)),
-        "(7, 0)  PIL": Image.new("L", (0, 7)),
-    }
-    for shape, empty in empties.items():
-        shape = shape.split("  ")[0]
-        for run in (classify.image_processor, classify):
-            with pytest.raises(ValueError, match=rf"empty .*{re.escape(shape)}"):
-                run(empty)
-        with pytest.raises(ValueError, match=rf"empty .*{re.escape(shape)}"):
-            classify.image_processor([np.zeros((SIZE, SIZE), dtype=np.uint8), empty])
+    message = rf"^Got an empty {re.escape(named)}: every dimension of an image must be at least 1\.$"
+    for run in (classify.image_processor, classify):
+        with pytest.raises(ValueError, match=message):
+            run(empty)
+    with pytest.raises(ValueError, match=message):  # in a batch, after a good image
+        classify.image_processor([np.zeros((SIZE, SIZE), dtype=np.uint8), empty])

@@ -63,12 +63,17 @@ def test_make_norm_refuses_an_unknown_norm_type():
         make_norm("batchnorm", 4, 1e-5)
 
 
-def test_masked_softmax_is_finite_in_fp16_and_bf16():
-    for dtype in (torch.float16, torch.bfloat16):
-        scores = torch.randn(1, 1, 2, 3).to(dtype)
-        mask = torch.tensor([True, False, True])[None, None, None]
-        weights = masked_softmax(scores, mask)
-        assert torch.isfinite(weights).all() and torch.all(weights[..., 1] == 0)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_masked_softmax_is_finite_in_fp16_and_bf16(dtype):
+    scores = torch.randn(1, 1, 2, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    scores[0, 0, 1, 1] = torch.finfo(dtype).max  # a masked key with the largest score the dtype holds: still 0
+    mask = torch.tensor([True, False, True])[None, None, None]
+    weights = masked_softmax(scores, mask)
+    assert torch.isfinite(weights).all() and torch.all(weights[..., 1] == 0)
+    # The kept keys get softmax over themselves, computed in float32 and rounded once to the scores' dtype.
+    assert weights.dtype == dtype
+    expected = torch.softmax(scores[..., [0, 2]].float(), -1).to(dtype)
+    assert torch.equal(weights[..., [0, 2]], expected)
 
 
 def test_sinusoidal_table_matches_the_formula():

@@ -24,6 +24,11 @@ def test_outputs_are_hugging_face_model_outputs(padded_batch):
     base = out_base = model.model(**padded_batch)
     assert isinstance(base, Seq2SeqModelOutput) and out_base.last_hidden_state.shape == (3, 5, 32)
     assert out.encoder_last_hidden_state.shape == (3, 9, 32)
+    # The LM output is the bare model's output composed with the head, and the encoder output is the encoder's.
+    torch.testing.assert_close(out.logits, model.lm_head(out_base.last_hidden_state))
+    encoder = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"])
+    torch.testing.assert_close(out.encoder_last_hidden_state, encoder.last_hidden_state)
+    torch.testing.assert_close(out_base.encoder_last_hidden_state, encoder.last_hidden_state)
 
 
 def test_eager_and_sdpa_agree(tmp_path, padded_batch):
@@ -41,7 +46,27 @@ def test_additive_scoring_runs_eager_and_refuses_sdpa(padded_batch):
     with pytest.raises(ValueError, match="additive.*eager"):
         sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     model = sf.ScratchTransformerForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
-    assert torch.isfinite(model(**padded_batch).logits).all()
+    seen = []
+    attention = model.model.encoder.layers[0].self_attn
+    attention.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0]), with_kwargs=True)
+    out = model(**padded_batch, output_attentions=True)
+    assert torch.isfinite(out.logits).all()
+    # The first encoder layer's weights, written out: w_v[h] . tanh(W_q x_i + W_k x_j) per head, softmax over the
+    # source's own tokens only (sources of lengths 9, 6, 3).
+    (x,) = seen
+    q = attention.q_proj(x).view(3, 9, 4, 8)
+    k = attention.k_proj(x).view(3, 9, 4, 8)
+    for b, length in enumerate((9, 6, 3)):
+        for h in range(4):
+            scores = torch.stack([torch.stack([attention.additive_v[h] @ torch.tanh(q[b, i, h] + k[b, j, h])
+                                               for j in range(length)]) for i in range(9)])
+            torch.testing.assert_close(out.encoder_attentions[0][b, h, :, :length], torch.softmax(scores, -1))
+            assert torch.all(out.encoder_attentions[0][b, h, :, length:] == 0)
+    # Padding changes nothing: each source alone gives the padded batch's logits.
+    for b, length in enumerate((9, 6, 3)):
+        alone = model(input_ids=padded_batch["input_ids"][b : b + 1, :length],
+                      decoder_input_ids=padded_batch["decoder_input_ids"][b : b + 1]).logits
+        torch.testing.assert_close(out.logits[b : b + 1], alone, atol=1e-5, rtol=0)
 
 
 def test_output_attentions_are_masked_probabilities(padded_batch):
@@ -129,14 +154,38 @@ def test_cached_step_by_step_decoding_equals_full_forward(padded_batch, attn_imp
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
-def test_bad_inputs_give_clear_errors():
-    model = make_model()
-    with pytest.raises(ValueError, match="outside \\[0, 40\\).*tokenizer does not match"):
-        model(input_ids=torch.tensor([[5, 99]]), decoder_input_ids=torch.tensor([[1]]))
-    with pytest.raises(ValueError, match="exceeds max_position_embeddings=64"):
-        model(input_ids=torch.ones(1, 65, dtype=torch.long), decoder_input_ids=torch.tensor([[1]]))
-    with pytest.raises(ValueError, match="decoder_input_ids"):
-        model.model(input_ids=torch.tensor([[5, 6]]))
+OUT_OF_VOCABULARY = (r"input_ids contain token ids outside \[0, 40\); the tokenizer does not match this model's "
+                     r"vocab_size=40\.")
+TOO_LONG = (r"Sequence of length 65 exceeds max_position_embeddings=64; truncate the input "
+            r"\(tokenizer\(\.\.\., truncation=True, max_length=\.\.\.\)\) or use a model with a larger "
+            r"max_position_embeddings\.")
+BAD_INPUTS = {  # name -> (call on the model, exact error message)
+    "token_id_past_the_vocabulary": (
+        lambda model: model(input_ids=torch.tensor([[5, 99]]), decoder_input_ids=torch.tensor([[1]])), OUT_OF_VOCABULARY
+    ),
+    "negative_token_id": (
+        lambda model: model(input_ids=torch.tensor([[5, -1]]), decoder_input_ids=torch.tensor([[1]])), OUT_OF_VOCABULARY
+    ),
+    "source_past_the_position_table": (
+        lambda model: model(input_ids=torch.ones(1, 65, dtype=torch.long), decoder_input_ids=torch.tensor([[1]])),
+        TOO_LONG,
+    ),
+    "decoder_inputs_past_the_position_table": (
+        lambda model: model(input_ids=torch.ones(1, 3, dtype=torch.long),
+                            decoder_input_ids=torch.ones(1, 65, dtype=torch.long)),
+        TOO_LONG,
+    ),
+    "bare_model_without_decoder_inputs": (
+        lambda model: model.model(input_ids=torch.tensor([[5, 6]])),
+        r"Pass decoder_input_ids \(or labels to ScratchTransformerForConditionalGeneration, which derives them\)\.",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, message", BAD_INPUTS.values(), ids=BAD_INPUTS)
+def test_bad_inputs_give_clear_errors(call, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call(make_model())
 
 
 def test_auto_model_is_the_bare_encoder_decoder(tmp_path, padded_batch):
@@ -208,26 +257,53 @@ def test_generate_past_the_position_table_fails_before_decoding(padded_batch, se
     assert out.shape == (3, 9)  # start token + 8: the decoder embedded positions 0 ... 7
 
 
-def test_labels_need_one_row_per_source(padded_batch):
+LABEL_ROWS_FIX = (r"; with labels pass one row of labels \(and of decoder_input_ids\) per source: the batch size of "
+                  r"input_ids\.")
+LABEL_ROW_MISTAKES = {  # name -> (call given the model, the 2 sources, labels of 2 rows, and 4 rows; exact message)
+    "labels_of_4_rows_for_2_sources": (
+        lambda model, source, labels, doubled: model(input_ids=source, labels=doubled),
+        "labels have 4 rows, the source 2 and the decoder inputs 4" + LABEL_ROWS_FIX,  # decoder inputs: shifted labels
+    ),
+    "decoder_inputs_of_4_rows_for_2_labels": (
+        lambda model, source, labels, doubled: model(input_ids=source, decoder_input_ids=doubled, labels=labels),
+        "labels have 2 rows, the source 2 and the decoder inputs 4" + LABEL_ROWS_FIX,
+    ),
+    "labels_of_4_rows_for_2_encoder_outputs": (
+        lambda model, source, labels, doubled: model(encoder_outputs=model.get_encoder()(input_ids=source),
+                                                     labels=doubled),
+        "labels have 4 rows, the source 2 and the decoder inputs 4" + LABEL_ROWS_FIX,
+    ),
+}
+
+
+@pytest.mark.parametrize("call, message", LABEL_ROW_MISTAKES.values(), ids=LABEL_ROW_MISTAKES)
+def test_labels_need_one_row_per_source(padded_batch, call, message):
     """k decoder rows per source are generation's beams; with labels (a loss) they are a batch mistake."""
+    source, labels = padded_batch["input_ids"][:2], padded_batch["decoder_input_ids"][:2]
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call(make_model(), source, labels, torch.cat([labels, labels]))
+
+
+def test_one_row_of_labels_per_source_and_k_rows_without_labels_are_taken(padded_batch):
     model = make_model()
-    source, labels = padded_batch["input_ids"][:2], padded_batch["decoder_input_ids"]
-    doubled = torch.cat([labels[:2], labels[:2]])
-    with pytest.raises(ValueError, match="labels have 4 rows, the source 2 and the decoder inputs 4; with labels pass "
-                                         "one row of labels .* per source"):
-        model(input_ids=source, labels=doubled)
-    with pytest.raises(ValueError, match="labels have 2 rows, the source 2 and the decoder inputs 4"):
-        model(input_ids=source, decoder_input_ids=doubled, labels=labels[:2])
-    encoder_outputs = model.get_encoder()(input_ids=source)
-    with pytest.raises(ValueError, match="labels have 4 rows, the source 2"):
-        model(encoder_outputs=encoder_outputs, labels=doubled)
-    assert model(input_ids=source, labels=labels[:2]).loss is not None
+    source, labels = padded_batch["input_ids"][:2], padded_batch["decoder_input_ids"][:2]
+    loss = model(input_ids=source, labels=labels).loss
+    shifted = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
+    logits = model(input_ids=source, decoder_input_ids=shifted).logits
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()))
     model.config.forward_implementation = "fast"  # without labels: beams sharing their source (rewrites.py)
-    assert model(encoder_outputs=encoder_outputs, decoder_input_ids=doubled).logits.shape[0] == 4
+    doubled = torch.cat([labels, labels])
+    shared = model(encoder_outputs=model.get_encoder()(input_ids=source), decoder_input_ids=doubled).logits
+    assert shared.shape[0] == 4
+    # rows 2b and 2b + 1 read source b: the same as the reference given each source twice
+    model.config.forward_implementation = "reference"
+    repeated = model(input_ids=source.repeat_interleave(2, 0), decoder_input_ids=doubled).logits
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("entry", ["forward", "generate", "cross_attention_to_a_given_encoder_output"])
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_a_source_row_that_masks_every_token_is_refused(padded_batch, attn_implementation):
+def test_a_source_row_that_masks_every_token_is_refused(padded_batch, attn_implementation, entry):
     """Eager and sdpa used to give such a row different outputs (softmax over no key); now both name the row."""
     model = sf.ScratchTransformerForConditionalGeneration._from_config(
         tiny_transformer_config(), attn_implementation=attn_implementation
@@ -235,14 +311,19 @@ def test_a_source_row_that_masks_every_token_is_refused(padded_batch, attn_imple
     source, decoder_input_ids = padded_batch["input_ids"], padded_batch["decoder_input_ids"]
     mask = padded_batch["attention_mask"].clone()
     mask[2] = 0
-    message = "attention_mask row 2 masks every source token"
+    message = ("^attention_mask row 2 masks every source token, so that row has nothing to attend to. Give every "
+               r"source at least one token \(an empty text still gets its EOS token from the tokenizer\), or leave "
+               "that row out of the batch.$")
+    calls = {
+        "forward": lambda: model(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input_ids),
+        "generate": lambda: model.generate(input_ids=source, attention_mask=mask, max_new_tokens=3),
+        "cross_attention_to_a_given_encoder_output": lambda: model(
+            encoder_outputs=model.get_encoder()(input_ids=source, attention_mask=padded_batch["attention_mask"]),
+            attention_mask=mask, decoder_input_ids=decoder_input_ids,
+        ),
+    }
     with pytest.raises(ValueError, match=message):
-        model(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input_ids)
-    with pytest.raises(ValueError, match=message):
-        model.generate(input_ids=source, attention_mask=mask, max_new_tokens=3)
-    encoder_outputs = model.get_encoder()(input_ids=source, attention_mask=padded_batch["attention_mask"])
-    with pytest.raises(ValueError, match=message):  # cross-attention with a given encoder output
-        model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoder_input_ids)
+        calls[entry]()
 
 
 def test_labels_without_pad_token_id_name_the_fix(padded_batch):
@@ -256,6 +337,8 @@ def test_labels_without_pad_token_id_name_the_fix(padded_batch):
     out = model(input_ids=padded_batch["input_ids"], decoder_input_ids=padded_batch["decoder_input_ids"],
                 labels=padded_batch["decoder_input_ids"])
     assert torch.isfinite(out.loss)
+    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), padded_batch["decoder_input_ids"].flatten())
+    torch.testing.assert_close(out.loss, expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def test_output_types_and_shapes():
     assert base.last_hidden_state.shape == (2, 1 + 16, 32)  # [CLS] + (32/8)² patches
     assert base.pooler_output.shape == (2, 32)
     torch.testing.assert_close(base.pooler_output, base.last_hidden_state[:, 0])  # [CLS] pooling
+    torch.testing.assert_close(out.logits, model.classifier(base.pooler_output))  # the head on the pooled vector
     assert out.hidden_states is None and out.attentions is None
     with torch.no_grad():
         as_tuple = model(pixels(batch=2), return_dict=False)
@@ -88,10 +89,18 @@ def test_hidden_states_are_embeddings_plus_one_per_layer():
 )
 def test_variants_train(variant):
     model = tiny_vit(**variant).train()
-    loss = model(pixels(), labels=torch.tensor([0, 2])).loss
-    loss.backward()
-    assert torch.isfinite(loss)
+    labels = torch.tensor([0, 2])
+    out = model(pixels(), labels=labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, labels))
+    # The classifier's gradient written out: d(mean cross-entropy)/dW = (softmax - one-hot)ᵀ · pooled / batch.
+    with torch.no_grad():
+        pooled = model.vit(pixels()).pooler_output
+        error = (out.logits.softmax(-1) - nn.functional.one_hot(labels, 3)) / 2
+    torch.testing.assert_close(model.classifier.weight.grad, error.T @ pooled)
+    torch.testing.assert_close(model.classifier.bias.grad, error.sum(0))
     attention = model.vit.layers[0].self_attn
     assert (attention.q_proj.bias is None) == (variant.get("qkv_bias") is False)
     assert attention.out_proj.bias is not None  # ViT keeps the output projection's bias
@@ -150,14 +159,31 @@ def test_interpolated_position_embeddings_are_a_bicubic_resize():
     torch.testing.assert_close(resized[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 48, 32))
 
 
-def test_wrong_inputs_give_clear_errors():
-    model = tiny_vit()
-    with pytest.raises(ValueError, match="num_channels=3"):
-        model(pixels(channels=1))
-    with pytest.raises(ValueError, match=r"\[batch, channels, height, width\]"):
-        model(torch.randn(3, 32, 32))
-    with pytest.raises(ValueError, match="pixel_values"):
-        model()
+WRONG_INPUTS = {  # name -> (call on the model, exact error message)
+    "one_channel_for_a_three_channel_model": (
+        lambda model: model(pixels(channels=1)),
+        r"pixel_values have 1 channels but the model expects num_channels=3; preprocess the images with the model's "
+        r"image processor \(it converts to the right channel count\)\.",
+    ),
+    "no_batch_axis": (
+        lambda model: model(torch.randn(3, 32, 32)),
+        r"pixel_values must have shape \[batch, channels, height, width\], got \(3, 32, 32\)\.",
+    ),
+    "no_pixel_values": (
+        lambda model: model(),
+        r"You have to specify pixel_values \(images as a \[batch, channels, height, width\] tensor\)\.",
+    ),
+    "smaller_than_one_patch": (
+        lambda model: model(pixels(height=4, width=4), interpolate_pos_encoding=True),
+        r"The image \(4x4\) is smaller than one patch \(8x8\)\.",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, message", WRONG_INPUTS.values(), ids=WRONG_INPUTS)
+def test_wrong_inputs_give_clear_errors(call, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call(tiny_vit())
 
 
 def test_single_label_loss_is_label_smoothed_cross_entropy():
@@ -197,9 +223,17 @@ def test_explicit_regression_on_several_outputs():
 
 def test_bfloat16_model_takes_float32_pixels():
     model = tiny_vit().to(torch.bfloat16)
+    reference = tiny_vit()
     with torch.no_grad():
         logits = model(pixels()).logits
+        pooled = model.vit(pixels()).pooler_output
+        # float32 pixels are cast to the model's dtype: exactly what bfloat16 pixels give
+        assert torch.equal(logits, model(pixels().to(torch.bfloat16)).logits)
+        expected_pooled, expected = reference.vit(pixels()).pooler_output, reference(pixels()).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    # and the same model as float32 up to bfloat16 rounding (pooled vectors of size ~3, logits of size ~0.07)
+    torch.testing.assert_close(pooled.float(), expected_pooled, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(logits.float(), expected, atol=5e-3, rtol=0)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -218,6 +252,13 @@ def test_bf16_autocast_trains_and_classifies_like_float32(attn_implementation):
         loss = model(images, labels=labels).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.classifier.parameters())
+    reference = tiny_vit(attn_implementation=attn_implementation).train()  # the same weights, in float32
+    expected_loss = reference(images, labels=labels).loss
+    expected_loss.backward()
+    torch.testing.assert_close(loss, expected_loss, atol=0.01, rtol=0)
+    for name, parameter in model.classifier.named_parameters():  # gradients of size ~1
+        torch.testing.assert_close(parameter.grad, getattr(reference.classifier, name).grad, atol=0.02, rtol=0.02,
+                                   msg=name)
 
 
 def test_save_and_load_through_the_auto_classes(tmp_path):

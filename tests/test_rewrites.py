@@ -127,7 +127,8 @@ def test_add_linear_runs_under_bf16_autocast_like_the_reference():
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_k_decoder_rows_per_source_equal_the_repeated_encoder_output(padded_batch, attn_implementation):
     """Rows b·k ... b·k+k-1 of the decoder read source b: the same logits and attentions as repeating it k times.
-    The reference refuses such a batch; the rewrite takes it."""
+    The reference refuses such a batch (test_rows_that_do_not_fit_the_encoder_output_are_refused); the rewrite
+    takes it."""
     model = make_model(attn_implementation=attn_implementation)
     k, mask = 2, padded_batch["attention_mask"]
     encoder_outputs = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=mask)
@@ -137,20 +138,41 @@ def test_k_decoder_rows_per_source_equal_the_repeated_encoder_output(padded_batc
             encoder_outputs=(encoder_outputs.last_hidden_state.repeat_interleave(k, 0),),
             attention_mask=mask.repeat_interleave(k, 0), decoder_input_ids=decoder_input_ids, output_attentions=True,
         )
-        with pytest.raises(ValueError, match="decoder has 6 rows but the encoder output has 3; pass one decoder row "
-                                             r"per source\.$"):
-            model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoder_input_ids)
         with forward_implementation(model, "fast"):
             shared = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoder_input_ids,
                            output_attentions=True)
-            with pytest.raises(ValueError, match="decoder has 4 rows but the encoder output has 3"):
-                model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoder_input_ids[:4])
-            with pytest.raises(ValueError, match="attention mask has 6 rows but the encoder output has 3"):
-                model(encoder_outputs=encoder_outputs, attention_mask=mask.repeat_interleave(k, 0),
-                      decoder_input_ids=decoder_input_ids)
     torch.testing.assert_close(shared.logits, repeated.logits, atol=1e-5, rtol=0)
     for ours, reference in zip(shared.cross_attentions, repeated.cross_attentions):
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+ROW_MISMATCHES = {  # name -> (forward_implementation, decoder rows, mask rows (of the 3 sources), exact message)
+    "reference_refuses_k_rows_per_source": (
+        "reference", 6, 3, r"The decoder has 6 rows but the encoder output has 3; pass one decoder row per source\.",
+    ),
+    "fast_refuses_rows_that_are_no_multiple_of_the_sources": (
+        "fast", 4, 3, r"The decoder has 4 rows but the encoder output has 3; pass one decoder row per source, or k "
+        r"consecutive rows per source \(a multiple of the encoder batch\)\.",
+    ),
+    "fast_refuses_a_mask_repeated_for_the_rows": (
+        "fast", 6, 6, r"The encoder attention mask has 6 rows but the encoder output has 3; pass the attention mask "
+        r"the encoder was run with\.",
+    ),
+}
+
+
+@pytest.mark.parametrize("implementation, rows, mask_rows, message", ROW_MISMATCHES.values(), ids=ROW_MISMATCHES)
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_rows_that_do_not_fit_the_encoder_output_are_refused(padded_batch, attn_implementation, implementation, rows,
+                                                             mask_rows, message):
+    model = make_model(attn_implementation=attn_implementation)
+    mask = padded_batch["attention_mask"]
+    encoder_outputs = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=mask)
+    decoder_input_ids = torch.randint(4, 40, (rows, 4), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), forward_implementation(model, implementation):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            model(encoder_outputs=encoder_outputs, attention_mask=mask.repeat_interleave(mask_rows // 3, 0),
+                  decoder_input_ids=decoder_input_ids)
 
 
 @pytest.mark.parametrize(
