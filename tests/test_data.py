@@ -111,12 +111,12 @@ ALIAS_MISTAKES = {  # name -> (call, error message)
     ),
     "image_alias_for_translation": (
         lambda: load_translation_dataset("embedded:mnist-5k"),
-        r"^embedded:mnist-5k is an? image-classification dataset, not translation; use one of: embedded:bible, "
+        r"^embedded:mnist-5k is a dataset for image-classification, not translation; use one of: embedded:bible, "
         r"embedded:hsk\.$",
     ),
     "translation_alias_for_images": (
         lambda: load_image_dataset("embedded:bible"),
-        r"^embedded:bible is a translation dataset, not image-classification; use one of: embedded:fashion-mnist, "
+        r"^embedded:bible is a dataset for translation, not image-classification; use one of: embedded:fashion-mnist, "
         r"embedded:mnist-5k\.$",
     ),
 }

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .configuration_vit import ScratchViTConfig
-from .config_checks import ACTIVATIONS
+from .config_checks import ACTIVATIONS, GATED_ACTIVATIONS
 from .modeling_vit import ScratchViTForImageClassification
 
 
@@ -26,8 +26,9 @@ def _square(name: str, value) -> int:
 
 def vit_config_to_scratch(vit_config) -> ScratchViTConfig:
     """Translate a ``ViTConfig`` into the equivalent ``ScratchViTConfig`` (pre-norm LayerNorm, [CLS] pooling)."""
-    if vit_config.hidden_act not in ACTIVATIONS:
-        raise ValueError(f"ViT activation {vit_config.hidden_act!r} has no counterpart here (allowed: {ACTIVATIONS}).")
+    plain = tuple(name for name in ACTIVATIONS if name not in GATED_ACTIVATIONS)  # HF's ViT has no gated MLP
+    if vit_config.hidden_act not in plain:
+        raise ValueError(f"ViT activation {vit_config.hidden_act!r} has no counterpart here (allowed: {plain}).")
     head_dim = getattr(vit_config, "head_dim", None)
     if head_dim is not None and head_dim * vit_config.num_attention_heads != vit_config.hidden_size:
         raise ValueError(f"head_dim={head_dim} × num_attention_heads must equal hidden_size={vit_config.hidden_size}.")

@@ -118,7 +118,7 @@ def _check_alias(name: str, task: str) -> EmbeddedCorpus:
     corpus = EMBEDDED_DATASETS[name]
     if corpus.task != task:
         matching = sorted(k for k, v in EMBEDDED_DATASETS.items() if v.task == task)
-        raise DatasetError(f"{name} is a {corpus.task} dataset, not {task}; use one of: {', '.join(matching)}.")
+        raise DatasetError(f"{name} is a dataset for {corpus.task}, not {task}; use one of: {', '.join(matching)}.")
     return corpus
 
 
