@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from packaging.version import Version
 from safetensors.torch import load_file
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
@@ -474,6 +476,7 @@ def test_two_process_ddp_on_cpu(tiny_files, tmp_path):
     assert (out / "README.md").is_file() and "| processes | 2 |" in (out / "README.md").read_text()
 
 
+FSDP2_LAUNCH = Version(importlib.metadata.version("accelerate")) >= Version("1.6.0")
 FSDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
                  "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
                  "--fsdp_transformer_layer_cls_to_wrap", "ScratchTransformerEncoderLayer,ScratchTransformerDecoderLayer",
@@ -481,6 +484,7 @@ FSDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not FSDP2_LAUNCH, reason="accelerate launch --fsdp_version is new in accelerate 1.6.0")
 def test_two_process_fsdp_on_cpu_saves_a_full_model_and_resumes_exactly(tiny_files, tmp_path):
     """The README's FSDP launch on 2 CPU processes: a complete model that loads anywhere, and a run resumed from
     an FSDP checkpoint ends with the weights of the uninterrupted one."""
