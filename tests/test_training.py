@@ -401,6 +401,32 @@ def test_a_resumed_run_reports_the_loss_of_the_whole_run(tiny_files, tmp_path):
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
 
 
+def test_the_final_model_can_be_the_average_of_the_last_checkpoints(tiny_files, tmp_path):
+    """--average_last_checkpoints 3: the saved model is the mean of checkpoints 2, 3 and 4 (fairseq's averaging);
+    our best-model default gives way and the three are kept."""
+    out = tmp_path / "out"
+    options = ("--num_samples", "0", "--save_steps", "1", "--eval_strategy", "no", "--do_eval", "False")
+    results = run.main(tiny_args(tiny_files, out, tmp_path / "c", *options, "--average_last_checkpoints", "3"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    saved = load_file(out / "model.safetensors")
+    checkpoints = [load_file(out / f"checkpoint-{step}" / "model.safetensors") for step in (2, 3, 4)]
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, sum(c[name] for c in checkpoints) / 3, msg=name)
+    assert not torch.equal(saved["model.shared.weight"], checkpoints[-1]["model.shared.weight"])
+    assert "test_bleu" in results
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (("--save_strategy", "no"), "--save_strategy no writes no checkpoints"),
+    (("--save_total_limit", "2"), "--save_total_limit 2 keeps fewer"),
+    (("--load_best_model_at_end", "True"), "--load_best_model_at_end True chooses the best checkpoint instead"),
+], ids=["no_checkpoints", "too_few_kept", "best_model"])
+def test_averaging_checkpoints_that_are_not_kept_is_refused(flags, problem, tiny_files, tmp_path):
+    with pytest.raises(SystemExit, match=f"--average_last_checkpoints 3 averages the last 3 checkpoints, but {problem}"):
+        run.main(tiny_args(tiny_files, tmp_path / "out", tmp_path / "c", "--average_last_checkpoints", "3", *flags))
+    assert not (tmp_path / "out").exists()
+
+
 def digest(path: Path) -> str:
     import hashlib
 

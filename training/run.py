@@ -142,6 +142,11 @@ class ModelArguments:
                   "choices": ["fast", "reference"]},
     )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache directory for datasets and hub files."})
+    average_last_checkpoints: int = field(
+        default=0,
+        metadata={"help": "Make the final model the average of the weights of the last k checkpoints (fairseq / "
+                  "OpenNMT checkpoint averaging); keeps them (--save_total_limit at least k) instead of the best."},
+    )
     save_evaluated_model: bool = field(
         default=False,
         metadata={"help": "With --do_train False: also save the evaluated model (weights, config, tokenizer or "
@@ -214,11 +219,13 @@ def parse_args(argv: Optional[list[str]] = None):
         peek.add_argument("--task", default="translation")
         peek.add_argument("--ddp_timeout", type=int, default=None)
         peek.add_argument("--use_cpu", default=None)
+        peek.add_argument("--average_last_checkpoints", type=int, default=0)
         peeked = peek.parse_known_args(argv)[0]
         task = peeked.task
-        given_timeout, given_cpu = peeked.ddp_timeout, peeked.use_cpu
+        given_timeout, given_cpu, averaged = peeked.ddp_timeout, peeked.use_cpu, peeked.average_last_checkpoints
     if json_file:
         given_timeout, given_cpu = given.get("ddp_timeout"), given.get("use_cpu")
+        averaged = int(given.get("average_last_checkpoints") or 0)
     if task not in TASKS:
         argparse.ArgumentParser(prog="run.py").error(
             f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}"
@@ -233,6 +240,10 @@ def parse_args(argv: Optional[list[str]] = None):
     explicit = set(given) if given else {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
     if "num_train_epochs" in explicit and "max_steps" not in explicit:
         defaults["max_steps"] = -1  # the user asked for epochs: our step budget must not override them
+    if averaged > 1:  # the final model is the average of the last checkpoints: keep them, not the best one
+        defaults["save_total_limit"] = max(defaults["save_total_limit"], averaged)
+        if "load_best_model_at_end" not in explicit:
+            defaults["load_best_model_at_end"] = False
 
     def parse(defaults: dict[str, Any]):
         if json_file:
@@ -280,6 +291,23 @@ def check_model_source(model_args, task: str) -> None:
     if model_type != expected.model_type:
         raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {model_type!r} model, not a "
                          f"scratchformers {expected.model_kind} ({expected.model_type!r}) for --task {task}.")
+
+
+def check_averaging(model_args, training_args) -> None:
+    """``--average_last_checkpoints k`` needs the last k checkpoints kept, and no other choice of final model."""
+    k = model_args.average_last_checkpoints
+    if k <= 1 or not training_args.do_train:
+        return
+    limit = training_args.save_total_limit
+    problem = (
+        "--save_strategy no writes no checkpoints" if training_args.save_strategy.value == "no"
+        else f"--save_total_limit {limit} keeps fewer" if limit is not None and limit < k
+        else "--load_best_model_at_end True chooses the best checkpoint instead" if training_args.load_best_model_at_end
+        else "FSDP shards the weights being averaged" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        else None
+    )
+    if problem:
+        raise ValueError(f"--average_last_checkpoints {k} averages the last {k} checkpoints, but {problem}.")
 
 
 def check_step_budget(training_args) -> None:
@@ -354,6 +382,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if not (training_args.do_train or model_args.model_name_or_path):
             raise ValueError("Nothing to evaluate: pass --do_train True, or --model_name_or_path of a trained model.")
         check_step_budget(training_args)
+        check_averaging(model_args, training_args)
         check_model_source(model_args, data_args.task)
         task = TASKS[data_args.task]
         last_checkpoint = check_output_dir(

@@ -4,15 +4,19 @@ train / save / evaluate / test sequence that writes the Hugging Face results fil
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from safetensors.torch import load_file
 from transformers import Seq2SeqTrainer, Trainer
 
 from model_card import render_model_card
-from output_dir import same_directory
+from output_dir import CHECKPOINT_NAME, checkpoint_problem, same_directory
 from task_setup import Job
+
+logger = logging.getLogger(__name__)
 
 
 class ScratchTrainerMixin:
@@ -53,6 +57,8 @@ def train_evaluate_save(job: Job, training_args, model_args) -> dict:
         # Read before training: checkpoint rotation may delete the checkpoint the run resumed from.
         resumed_state = json.loads((Path(resume_from) / "trainer_state.json").read_text()) if resume_from else None
         train_result = trainer.train(resume_from_checkpoint=resume_from)
+        if model_args.average_last_checkpoints > 1:
+            average_last_checkpoints(trainer.model, training_args.output_dir, model_args.average_last_checkpoints)
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
         trainer.save_model()  # weights, config (auto_map, custom_pipelines), generation config, tokenizer/processor
@@ -89,6 +95,24 @@ def train_evaluate_save(job: Job, training_args, model_args) -> dict:
             setattr(trainer.model.config, key, value)
         trainer.save_model()
     return results
+
+
+def average_last_checkpoints(model, output_dir: str, count: int) -> list[str]:
+    """Set ``model``'s weights to the mean of those of the last ``count`` complete checkpoints (by step), the
+    fairseq / OpenNMT averaging of the end of training; returns the checkpoints averaged."""
+    checkpoints = sorted((path for path in Path(output_dir).iterdir()
+                          if CHECKPOINT_NAME.fullmatch(path.name) and checkpoint_problem(path) is None),
+                         key=lambda path: int(CHECKPOINT_NAME.fullmatch(path.name).group(1)))[-count:]
+    if len(checkpoints) < count:
+        logger.warning(f"--average_last_checkpoints {count}: only {len(checkpoints)} checkpoints to average.")
+    states = [load_file(path / "model.safetensors") for path in checkpoints]
+    averaged = {name: sum(state[name].double() for state in states).div(len(states)).to(tensor.dtype)
+                for name, tensor in states[0].items()}
+    unexpected = model.load_state_dict(averaged, strict=False).unexpected_keys  # tied weights are saved once
+    if unexpected:
+        raise ValueError(f"The checkpoints hold tensors the model does not have: {unexpected[:3]}.")
+    logger.info(f"The final model is the average of {', '.join(path.name for path in checkpoints)}.")
+    return [str(path) for path in checkpoints]
 
 
 def whole_run_loss(state: dict, resumed_loss: float, global_step: int) -> float:
