@@ -175,6 +175,31 @@ def test_rows_that_do_not_fit_the_encoder_output_are_refused(padded_batch, attn_
                   decoder_input_ids=decoder_input_ids)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_shared_source_rows_have_the_gradients_of_the_repeated_encoder_output(padded_batch, autocast):
+    """Training mode, with and without autocast: the shared rows give the repeated output's logits and the same
+    gradients for every weight and for the encoder output itself (the repeat's gradient sums over its copies)."""
+    model = make_model(dropout=0.0).train()
+    k, mask = 2, padded_batch["attention_mask"]
+    decoder_input_ids = torch.randint(4, 40, (3 * k, 4), generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(3 * k, 4, 40, generator=torch.Generator().manual_seed(4))
+    results = {}
+    for implementation in ("reference", "fast"):
+        encoder_output = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=mask).last_hidden_state
+        encoder_output = encoder_output.detach().requires_grad_()
+        shared = implementation == "fast"
+        states = encoder_output if shared else encoder_output.repeat_interleave(k, 0)
+        with forward_implementation(model, implementation), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            logits = model(encoder_outputs=(states,), attention_mask=mask if shared else mask.repeat_interleave(k, 0),
+                           decoder_input_ids=decoder_input_ids).logits
+        leaves = [encoder_output, *model.model.decoder.parameters()]
+        results[implementation] = (logits, torch.autograd.grad((logits.float() * upstream).sum(), leaves))
+    tolerance = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results["fast"][0], results["reference"][0], **tolerance)
+    for a, b in zip(results["fast"][1], results["reference"][1]):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
 @pytest.mark.parametrize(
     "search", [dict(num_beams=4, do_sample=False), dict(do_sample=True, num_return_sequences=4, top_k=5)]
 )
