@@ -5,7 +5,6 @@ errors for inputs that are not images, are empty or are out of their range. Pill
 
 from __future__ import annotations
 
-import builtins
 import re
 
 import numpy as np
