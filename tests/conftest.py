@@ -14,6 +14,8 @@ from translation_fixtures import run_python
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test processes share the CPU with each other: training runs they start wait passively (training/run.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)
 
 

@@ -14,6 +14,7 @@ from scratchformers import ScratchViTConfig, make_image_processor
 from scratchformers.data import load_image_dataset
 from scratchformers.metrics import accuracy_compute_metrics
 
+from augmentation import RandomAffine
 from output_dir import resolve_resume
 from task_setup import (
     Job, apply_config_overrides, check_architecture_flags, select_samples, trainer_datasets,
@@ -84,7 +85,16 @@ def prepare_image_classification(model_args, data_args, training_args, last_chec
         pixel_values = image_processor(batch["image"], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "labels": batch["label"]}
 
-    processed = {split: ds.with_transform(transform) for split, ds in raw.items()}
+    augment = RandomAffine(data_args.random_rotation, data_args.random_translate, data_args.random_scale,
+                           data_args.random_shear)
+
+    def train_transform(batch: dict) -> dict:
+        processed_batch = transform(batch)
+        processed_batch["pixel_values"] = augment(processed_batch["pixel_values"])
+        return processed_batch
+
+    processed = {split: ds.with_transform(train_transform if split == "train" else transform)
+                 for split, ds in raw.items()}
 
     def collate_fn(examples: list[dict]) -> dict:
         return {
