@@ -4,6 +4,7 @@
     cat sentences.txt | scratchformers translate MODEL_DIR --num_beams 4 --batch_size 16
     scratchformers classify MODEL_DIR cat.png dog.jpg --top_k 3      # image <TAB> label <TAB> score
     scratchformers upgrade MODEL_DIR                                 # current model code into an old checkpoint
+    scratchformers export ct2 MODEL_DIR OUT_DIR --quantization int8  # a CTranslate2 model, for serving
 
 Output line ``i`` belongs to input ``i`` (line breaks and tabs inside a translation are printed as spaces); with
 ``--num_return_sequences n`` the ``n`` candidates of an input share its line, separated by tabs.
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         "generation config stay as they are.",
     )
     upgrade.add_argument("model_dir", metavar="MODEL_DIR", help="directory saved with save_pretrained")
+
+    export = commands.add_parser("export", help="export a model for serving with another inference engine")
+    targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
+    ct2 = targets.add_parser(
+        "ct2", help="a CTranslate2 model directory (pip install 'scratchformers[ct2]')",
+        description="Write a CTranslate2 model that translates like the translation model in MODEL_DIR (same "
+        "tokens in float32): model.bin, config.json, the vocabulary and the tokenizer, into OUT_DIR.",
+    )
+    ct2.add_argument("model_dir", metavar="MODEL_DIR", help="translation model saved with save_pretrained (+tokenizer)")
+    ct2.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (new or empty, unless --overwrite)")
+    ct2.add_argument("--quantization", default=None,
+                     help="CTranslate2 weight type, e.g. int8, int8_float16, float16 (default: float32, exact)")
+    ct2.add_argument("--overwrite", action="store_true",
+                     help="replace the CTranslate2 model files in a non-empty OUT_DIR (other files stay)")
     return parser
 
 
@@ -408,6 +423,45 @@ def upgrade(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------------------------
+def export(args: argparse.Namespace) -> int:
+    """``export ct2``: everything that can be checked before loading the model is (ctranslate2 installed, the
+    weight type, OUT_DIR, the config), then the model is loaded with the checks of ``load_model``."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from . import export_ct2 as ct2
+    from .configuration_transformer import ScratchTransformerConfig
+
+    try:
+        ct2.import_ctranslate2()
+        ct2.check_quantization(args.quantization)
+        ct2.check_out_dir(args.out_dir, args.overwrite)
+    except (ImportError, ValueError, OSError) as error:
+        raise CLIError(first_line(error)) from error
+    config = load_config(args.model_dir)
+    if not isinstance(config, ScratchTransformerConfig):
+        raise CLIError(f"'{args.model_dir}' holds a {config.model_type} model, not a scratchformers translation model: "
+                       f"`{PROG} export ct2` exports {ScratchTransformerConfig.model_type} models")
+    try:
+        ct2.check_exportable(config)
+    except ValueError as error:
+        raise CLIError(first_line(error)) from error
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"no usable tokenizer in '{args.model_dir}' (save it next to the model): {first_line(error)}")
+    model = load_model(AutoModelForSeq2SeqLM, args.model_dir)
+    try:
+        written = ct2.export_ct2(model, args.out_dir, quantization=args.quantization, overwrite=args.overwrite,
+                                 tokenizer=tokenizer)
+    except (ValueError, OSError, RuntimeError) as error:
+        raise CLIError(f"could not export '{args.model_dir}': {first_line(error)}") from error
+    print(f"{written}: wrote a CTranslate2 model ({args.quantization or 'float32'})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
 def report(error: CLIError) -> None:
@@ -420,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         quiet_transformers()
-        return {"translate": translate, "classify": classify, "upgrade": upgrade}[args.command](args)
+        return {"translate": translate, "classify": classify, "upgrade": upgrade, "export": export}[args.command](args)
     except CLIError as error:
         report(error)
         return 2
