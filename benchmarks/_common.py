@@ -16,6 +16,7 @@ storage and are counted once. (The benchmarks run the models on the CPU; this pr
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -61,24 +62,26 @@ def seconds_per_call(fn: Callable[[], object], calls: int, clock: str = "wall") 
 
 
 def alternate(
-    workloads: dict[str, Callable[[], object]], work_per_call: float, calls: int, rounds: int, clock: str = "wall"
+    workloads: dict[str, Callable[[], object]], work_per_call: float, calls: int, rounds: int, clock: str = "wall",
+    ratios: dict[str, tuple[str, str]] | None = None,
 ) -> dict:
-    """Time ``{"ours": fn, "hf": fn}`` in alternating rounds; throughput = ``work_per_call`` / seconds per call.
+    """Time ``{"ours": fn, "hf": fn}`` (or any named workloads) in alternating rounds (in order in even rounds, in
+    reverse order in odd ones); throughput = ``work_per_call`` / seconds per call.
 
-    Returns the median throughput of each model, the median per-round ratio ours / hf and every round's values.
+    Returns the median throughput of each workload, every round's values (``"rounds"``) and, for each
+    ``key: (numerator, denominator)`` of ``ratios`` (default ``{"ratio": ("ours", "hf")}``), the median per-round
+    ratio under ``key``.
     """
     names = list(workloads)
     per_round: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             per_round[name].append(work_per_call / seconds_per_call(workloads[name], calls, clock))
-    ratios = [o / h for o, h in zip(per_round["ours"], per_round["hf"])]
-    return {
-        "ours": statistics.median(per_round["ours"]),
-        "hf": statistics.median(per_round["hf"]),
-        "ratio": statistics.median(ratios),
-        "rounds": {name: [round(v, 2) for v in values] for name, values in per_round.items()},
-    }
+    result: dict = {name: statistics.median(values) for name, values in per_round.items()}
+    for key, (numerator, denominator) in ({"ratio": ("ours", "hf")} if ratios is None else ratios).items():
+        result[key] = statistics.median(a / b for a, b in zip(per_round[numerator], per_round[denominator]))
+    result["rounds"] = {name: [round(v, 2) for v in values] for name, values in per_round.items()}
+    return result
 
 
 def add_common_arguments(parser, rounds: int) -> None:
@@ -95,6 +98,25 @@ def add_common_arguments(parser, rounds: int) -> None:
     parser.add_argument("--forward-implementation", choices=["reference", "fast"], default="fast",
                         help="ours: the reference composition of layers.py, or its exact rewrites (rewrites.py)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
+
+
+def add_seq2seq_arguments(parser, sizes, batch: int, src_len: int) -> None:
+    """The shape of a translation benchmark's batch: model size, batch, source length, new tokens, vocabulary."""
+    parser.add_argument("--size", choices=list(sizes), default="tiny")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--src-len", type=int, default=src_len)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=8000)
+
+
+def print_report(report: dict, args, load_before: float) -> dict:
+    """Add the run's setting (forward implementation, load average before and after, machine) to ``report`` and
+    print it as the one-line JSON object the benchmarks end with."""
+    report["forward_implementation"] = args.forward_implementation
+    report["load_avg"] = [load_before, loadavg()]
+    report["device"] = machine(args.clock)
+    print(json.dumps(report))
+    return report
 
 
 def measure(

