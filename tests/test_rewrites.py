@@ -350,3 +350,223 @@ def test_the_classifier_runs_the_last_layer_for_cls_alone_with_the_rewrites():
     assert short.last_hidden_state.shape[1] == 1
     torch.testing.assert_close(short.pooler_output, full.pooler_output, atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, model.classifier(full.pooler_output), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding: output_projection and the exact logits processors
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(5, 16), (3, 1, 16), (2, 4, 16)])
+def test_output_projection_equals_the_lm_head(shape, bias):
+    """Equal up to float rounding (the product may sum in another order), and made again when the weight changes."""
+    torch.manual_seed(0)
+    head = nn.Linear(16, 50, bias=bias)
+    hidden = torch.randn(*shape)
+
+    def check():
+        out = rewrites.output_projection(head, hidden)
+        assert out.shape == (*shape[:-1], 50)
+        torch.testing.assert_close(out, head(hidden), atol=1e-6, rtol=1e-6)
+
+    with torch.no_grad():
+        check()
+        head.weight.mul_(2.0)  # an in-place change of the weight: the transposed copy is made again
+        check()
+        head.weight = nn.Parameter(torch.randn(50, 16))  # a new weight
+        check()
+    with torch.inference_mode():
+        check()
+
+
+def test_output_projection_runs_the_module_with_gradients_or_a_wrapped_head():
+    torch.manual_seed(0)
+    head, hidden = nn.Linear(16, 50), torch.randn(2, 3, 16)
+    logits = rewrites.output_projection(head, hidden)  # gradients on: the module itself
+    assert logits.requires_grad and "_transposed_weight" not in head.__dict__
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    wrapped = Scaled(16, 50)
+    with torch.no_grad():
+        assert torch.equal(rewrites.output_projection(wrapped, hidden), wrapped(hidden))
+    seen = []
+    head.register_forward_hook(lambda module, args, output: seen.append(output))  # e.g. a user's logit lens
+    with torch.no_grad():
+        logits = rewrites.output_projection(head, hidden)
+    assert len(seen) == 1 and seen[0] is logits and "_transposed_weight" not in head.__dict__
+
+
+@pytest.mark.parametrize("eos", [[2], [2, 7, 2], [2, 99, -1]], ids=["one", "several", "outside-the-vocabulary"])
+@pytest.mark.parametrize("length", [3, 6], ids=["too-short", "long-enough"])
+def test_exact_min_length_processors_equal_transformers(eos, length):
+    from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
+
+    scores = torch.randn(4, 11, generator=torch.Generator().manual_seed(0))
+    input_ids = torch.zeros(4, length, dtype=torch.long)
+    references = [MinLengthLogitsProcessor(5, eos), MinNewTokensLengthLogitsProcessor(1, 4, eos)]
+    exact = rewrites.exact_logits_processors(list(references))
+    assert [type(p) for p in exact] == [rewrites.ExactMinLengthLogitsProcessor,
+                                        rewrites.ExactMinNewTokensLengthLogitsProcessor]
+    for ours, reference in zip(exact, references):
+        expected = reference(input_ids, scores)
+        out = ours(input_ids, scores)
+        assert torch.equal(out, expected) and out is not scores
+    assert torch.equal(scores, torch.randn(4, 11, generator=torch.Generator().manual_seed(0)))  # input untouched
+
+
+def test_exact_logits_processors_leave_other_processors_alone():
+    from transformers.generation.logits_process import MinLengthLogitsProcessor, TemperatureLogitsWarper
+
+    class MyMinLength(MinLengthLogitsProcessor):
+        pass
+
+    mine, temperature = MyMinLength(3, [2]), TemperatureLogitsWarper(0.5)
+    assert rewrites.exact_logits_processors([mine, temperature]) == [mine, temperature]
+
+
+def decode(model, implementation: str, seed: int = 0, **kwargs):
+    with forward_implementation(model, implementation), torch.no_grad():
+        torch.manual_seed(seed)
+        return model.generate(return_dict_in_generate=True, output_scores=True, output_logits=True, **kwargs)
+
+
+SEARCHES = {
+    "greedy": dict(num_beams=1, do_sample=False),
+    "beam4": dict(num_beams=4, do_sample=False),
+    "beam4-3-returned": dict(num_beams=4, do_sample=False, num_return_sequences=3, length_penalty=0.7),
+    "sampling": dict(do_sample=True, top_k=8, temperature=0.9, num_return_sequences=2),
+    "diverse-groups": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False),
+    "constrained": dict(num_beams=4, force_words_ids=[[7, 8]], do_sample=False),
+}
+
+
+@pytest.mark.parametrize("min_new_tokens", [None, 5])
+@pytest.mark.parametrize("search", SEARCHES.values(), ids=SEARCHES)
+def test_fast_generate_equals_the_reference(padded_batch, search, min_new_tokens):
+    """Every search, on a padded batch, with and without the min-length processors the rewrite replaces: the same
+    sequences, the same scores (float rounding of the shared encoder rows aside) and the same raw logits."""
+    model = make_model()
+    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                  max_new_tokens=7, min_new_tokens=min_new_tokens, eos_token_id=2, **search)
+    reference, fast = decode(model, "reference", **kwargs), decode(model, "fast", **kwargs)
+    assert torch.equal(fast.sequences, reference.sequences)
+    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(reference.scores), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(fast.logits), torch.stack(reference.logits), atol=1e-5, rtol=0)
+    if "sequences_scores" in fast:
+        torch.testing.assert_close(fast.sequences_scores, reference.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_fast_generate_with_a_custom_logits_processor_equals_the_reference(padded_batch):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class BanOddTokens(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(-1, torch.arange(1, scores.shape[-1], 2), -float("inf"))
+
+    model = make_model()
+    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                  max_new_tokens=6, min_new_tokens=3, num_beams=4,
+                  logits_processor=LogitsProcessorList([BanOddTokens()]))
+    reference, fast = decode(model, "reference", **kwargs), decode(model, "fast", **kwargs)
+    assert torch.equal(fast.sequences, reference.sequences)
+    assert (fast.sequences[:, 1:] % 2 == 0).all()
+
+
+def test_the_cache_returned_by_fast_generate_continues_like_the_reference(padded_batch):
+    """A user's next step with the returned ``past_key_values``: same logits, same cache length."""
+    model = make_model()
+    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                  max_new_tokens=5, min_new_tokens=5)
+    steps = {}
+    for implementation in ("reference", "fast"):
+        out = decode(model, implementation, **kwargs)
+        cache = cache_of(out)
+        with forward_implementation(model, implementation), torch.no_grad():
+            step = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                         decoder_input_ids=out.sequences[:, -1:], cache=cache)
+        steps[implementation] = (step.logits, cache_of(step).get_seq_length())
+    torch.testing.assert_close(steps["fast"][0], steps["reference"][0], atol=1e-5, rtol=0)
+    assert steps["fast"][1] == steps["reference"][1]
+
+
+def test_the_growing_cache_layer_holds_what_the_dynamic_layer_holds():
+    """Appends, beam reordering, crop, row selection and a user's own keys: the same keys and values as
+    transformers' ``DynamicLayer`` at every step, and views handed out earlier never change."""
+    from transformers.cache_utils import DynamicLayer
+
+    generator = torch.Generator().manual_seed(0)
+
+    def states(length, rows=4):
+        return torch.randn(rows, 2, length, 3, generator=generator), torch.randn(rows, 2, length, 3, generator=generator)
+
+    reference, growing = DynamicLayer(), rewrites.GrowingKeyValueLayer()
+    handed_out = []
+
+    def step(action, *args):
+        results = [getattr(layer, action)(*args) for layer in (reference, growing)]
+        if action == "update":
+            (k_ref, v_ref), (k, v) = results
+            assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+            handed_out.append((k, k.clone(), v, v.clone()))
+        if reference.keys is None:  # reset
+            assert growing.keys is None and growing.values is None
+            return
+        assert torch.equal(growing.keys, reference.keys) and torch.equal(growing.values, reference.values)
+        assert growing.get_seq_length() == reference.get_seq_length()
+
+    step("update", *states(3))  # a prompt of 3 positions
+    for _ in range(20):  # past the first buffer (16 positions): it grows
+        step("update", *states(1))
+    step("reorder_cache", torch.tensor([2, 2, 0, 1]))
+    step("update", *states(1))
+    step("crop", -5)
+    step("update", *states(2))
+    step("batch_select_indices", torch.tensor([0, 3, 1, 2]))
+    step("update", *states(1))
+    step("reorder_cache", torch.tensor([1, 0, 0, 3]))
+    step("update", *states(1))
+    keys, values = states(1)
+    reference.keys, growing.keys = torch.cat([reference.keys, keys], -2), torch.cat([growing.keys, keys], -2)
+    reference.values, growing.values = torch.cat([reference.values, values], -2), torch.cat([growing.values, values], -2)
+    step("update", *states(1))
+    for k, k_then, v, v_then in handed_out:
+        assert torch.equal(k, k_then) and torch.equal(v, v_then)
+    step("reset")
+    step("update", *states(2))
+
+
+def test_fast_generate_grows_the_self_attention_cache_in_place(padded_batch):
+    from transformers.cache_utils import DynamicLayer
+
+    model = make_model()
+    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
+                  max_new_tokens=5, num_beams=4)
+    for implementation, layer_type in (("reference", DynamicLayer), ("fast", rewrites.GrowingKeyValueLayer)):
+        cache = cache_of(decode(model, implementation, **kwargs))
+        assert {type(layer) for layer in cache.self_attention_cache.layers} == {layer_type}
+        assert {type(layer) for layer in cache.cross_attention_cache.layers} == {DynamicLayer}
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_a_users_next_step_from_the_cache_of_fast_generate_equals_the_reference(padded_batch, num_beams):
+    """The returned cache (``past_key_values``) continues decoding: one more step from the fast path's cache gives
+    the logits of one more step from the reference's (beams: after every reordering of the search)."""
+    model = make_model()
+    mask = padded_batch["attention_mask"]
+    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=mask, max_new_tokens=4, num_beams=num_beams,
+                  num_return_sequences=num_beams)
+    encoder_output = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=mask).last_hidden_state
+    steps = {}
+    for implementation in ("reference", "fast"):
+        out = decode(model, implementation, **kwargs)
+        shared = implementation == "fast"
+        states = encoder_output if shared else encoder_output.repeat_interleave(num_beams, 0)
+        with forward_implementation(model, implementation), torch.no_grad():
+            step = model(encoder_outputs=(states,), attention_mask=mask if shared else mask.repeat_interleave(num_beams, 0),
+                         decoder_input_ids=out.sequences[:, -1:], cache=cache_of(out))
+        steps[implementation] = (out.sequences, step.logits, cache_of(step).get_seq_length())
+    assert torch.equal(steps["fast"][0], steps["reference"][0])
+    torch.testing.assert_close(steps["fast"][1], steps["reference"][1], atol=1e-5, rtol=0)
+    assert steps["fast"][2] == steps["reference"][2]

@@ -36,7 +36,7 @@ from .layers import (
     resolve_attention_function,
 )
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
-from .rewrites import is_fast, shared_source_rows
+from .rewrites import exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, shared_source_rows
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -333,6 +333,8 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if not use_cache:
             cache = None
+        if cache is not None and is_fast(self.config) and not torch.compiler.is_compiling():
+            grow_self_attention_cache(cache)  # rewrites.GrowingKeyValueLayer: appends without re-copying the past
         past_length = cache.get_seq_length() if cache is not None else 0
 
         hidden = self.embeddings(input_ids, inputs_embeds, past_length)
@@ -486,6 +488,12 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
             cache.reorder_cache(beam_idx)
         return cache
 
+    def _get_logits_processor(self, *args, **kwargs):
+        """transformers' logits processors; with ``forward_implementation="fast"`` the min-length ones are their
+        exact rewrites (``rewrites.exact_logits_processors``)."""
+        processors = super()._get_logits_processor(*args, **kwargs)
+        return exact_logits_processors(processors) if is_fast(self.config) else processors
+
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,
         **model_kwargs,
@@ -570,7 +578,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        logits = output_projection(self.lm_head, hidden) if is_fast(self.config) else self.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = cross_entropy(logits, labels, self.config)

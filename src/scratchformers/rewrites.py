@@ -14,14 +14,20 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
 | `vit_layer_forward`          | `ScratchViTLayer.forward` (where `vit_layer_applies`) | the three above together             |
 | `cross_entropy`              | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
+| `output_projection`          | the LM head's ``nn.Linear`` at inference    | a transposed read of the [V, d] weight per step |
+| `exact_logits_processors`    | transformers' min-length logits processors  | a [V] mask and a [rows, V] ``where`` per step  |
+| `GrowingKeyValueLayer`       | the decoder's self-attention ``DynamicLayer`` | re-copying every past key/value at each step |
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer
+from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 from .layers import AddNorm, DropPath, MultiHeadAttention
 
@@ -221,3 +227,178 @@ def cross_entropy(
     """``layers.cross_entropy`` through ``SoftmaxCrossEntropy``: same value and gradient, less memory."""
     logits = logits.float().reshape(-1, logits.shape[-1])
     return SoftmaxCrossEntropy.apply(logits, labels.to(logits.device).reshape(-1), ignore_index, float(label_smoothing))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding: the output projection and the logits processors of every step
+# --------------------------------------------------------------------------------------------------------------
+def output_projection(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``lm_head(hidden)`` at inference, through a copy of the ``[V, d]`` weight kept transposed (``[d, V]``,
+    contiguous): the product then reads the weight in its storage order, where ``F.linear`` reads it transposed.
+    With a small batch of rows (a decoding step: one position per beam) and a large vocabulary this is the largest
+    product of the step. Same kernel family, same sums (the tests hold it equal to the reference).
+
+    The copy is remade whenever the weight changes (its storage or version: an optimizer step, a ``copy_``, a tied
+    embedding resized). The reference runs when gradients are computed, under autocast, and for anything but a
+    plain ``nn.Linear`` (a peft or quantized head must be called as a module)."""
+    if not _plain_linear_call(lm_head, hidden):
+        return lm_head(hidden)
+    weight = lm_head.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
+    cached = lm_head.__dict__.get("_transposed_weight")
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().t().contiguous())
+        lm_head.__dict__["_transposed_weight"] = cached
+    transposed = cached[1]
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    bias = lm_head.bias
+    logits = torch.mm(rows, transposed) if bias is None else torch.addmm(bias, rows, transposed)
+    return logits.view(*hidden.shape[:-1], transposed.shape[-1])
+
+
+def _plain_linear_call(module: nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether calling ``module`` on ``hidden`` is nothing but ``F.linear`` with its own weight, without gradients:
+    a plain ``nn.Linear`` (no subclass, no replaced ``forward``, no hooks: accelerate's offloading, a user's
+    forward hook), weight of ``hidden``'s dtype and device, outside autocast and torch.compile."""
+    weight = getattr(module, "weight", None)
+    return (type(module) is nn.Linear and isinstance(weight, torch.Tensor) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(hidden.device.type)
+            and "forward" not in module.__dict__ and not hasattr(module, "_hf_hook")
+            and not (module._forward_hooks or module._forward_pre_hooks)
+            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+            and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
+
+
+def _without_eos(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
+    """``torch.where(isin(arange(V), eos), -inf, scores)``: a copy of ``scores`` with the EOS columns at -inf
+    (ids outside ``[0, V)`` match no column, as with ``isin``)."""
+    vocab = scores.shape[-1]
+    eos = eos_token_id.to(scores.device).reshape(-1)
+    eos = eos[(eos >= 0) & (eos < vocab)]
+    return scores.clone().index_fill_(-1, eos, -math.inf)
+
+
+class ExactMinLengthLogitsProcessor(MinLengthLogitsProcessor):
+    """``MinLengthLogitsProcessor`` that masks the EOS columns in a copy of the scores, instead of building a
+    vocabulary-sized mask (``arange`` + ``isin``) and a ``where`` over every score at every step."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] < self.min_length:
+            return _without_eos(scores, self.eos_token_id)
+        return scores.clone()
+
+
+class ExactMinNewTokensLengthLogitsProcessor(MinNewTokensLengthLogitsProcessor):
+    """``MinNewTokensLengthLogitsProcessor`` computed as ``ExactMinLengthLogitsProcessor`` is."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
+            return _without_eos(scores, self.eos_token_id)
+        return scores.clone()
+
+
+EXACT_LOGITS_PROCESSORS = {
+    MinLengthLogitsProcessor: ExactMinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor: ExactMinNewTokensLengthLogitsProcessor,
+}
+
+
+def exact_logits_processors(processors):
+    """``processors`` (a ``LogitsProcessorList``, changed in place and returned) with each processor of exactly one
+    of the types of ``EXACT_LOGITS_PROCESSORS`` replaced by its rewrite, holding the same settings. Subclasses and
+    any other processor (the user's own included) are left as they are."""
+    for index, processor in enumerate(processors):
+        rewrite = EXACT_LOGITS_PROCESSORS.get(type(processor))
+        if rewrite is not None:
+            replacement = rewrite.__new__(rewrite)
+            replacement.__dict__.update(processor.__dict__)
+            processors[index] = replacement
+    return processors
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding: a self-attention cache that appends in place
+# --------------------------------------------------------------------------------------------------------------
+def _is_filled_prefix(past: torch.Tensor, buffer: Optional[torch.Tensor], filled: int) -> bool:
+    """Whether ``past`` is exactly the first ``filled`` positions of ``buffer`` (the view this layer made last)."""
+    return (buffer is not None and past.dim() == 4 and past.data_ptr() == buffer.data_ptr()
+            and past.stride() == buffer.stride() and past.shape[-2] == filled
+            and past.shape[:2] == buffer.shape[:2] and past.shape[-1] == buffer.shape[-1]
+            and past.dtype == buffer.dtype and past.device == buffer.device)
+
+
+def _append(past: torch.Tensor, buffer: Optional[torch.Tensor], filled: int, new: torch.Tensor):
+    """``torch.cat([past, new], -2)`` as a view of a buffer with room for later steps: (view, buffer, filled)."""
+    length = past.shape[-2] if past.dim() == 4 else 0
+    total = length + new.shape[-2]
+    fits = (_is_filled_prefix(past, buffer, filled) and total <= buffer.shape[-2] and new.dtype == buffer.dtype
+            and new.shape[:2] == buffer.shape[:2] and new.shape[-1] == buffer.shape[-1])
+    if not fits:  # first step, or the keys were replaced (reordered elsewhere, cropped, offloaded ...): a new buffer
+        batch, heads, _, dim = new.shape
+        if length and (past.shape[:2] != new.shape[:2] or past.shape[-1] != dim or past.dtype != new.dtype
+                       or past.device != new.device):
+            return torch.cat([past, new], dim=-2), None, 0  # let torch report (or do) what the reference does
+        buffer = new.new_empty(batch, heads, max(2 * total, 16), dim)
+        if length:
+            buffer[:, :, :length].copy_(past)
+    buffer[:, :, length:total].copy_(new)
+    return buffer[:, :, :total], buffer, total
+
+
+class GrowingKeyValueLayer(DynamicLayer):
+    """``DynamicLayer`` (transformers' default cache layer) whose ``keys`` and ``values`` are views of buffers with
+    room for later steps: a step writes its keys and values after the past ones, where ``DynamicLayer.update``
+    concatenates (copies every past key and value of the layer at every step). The buffers double when full.
+
+    ``keys`` / ``values`` are what the reference holds (``[B, H, T, D]``, the same numbers), views instead of
+    contiguous tensors. Beam reordering writes the selected rows into a fresh buffer (the reference's
+    ``index_select``, same cost). Anything else that replaces ``keys`` or ``values`` (``crop``,
+    ``batch_select_indices``, offloading, a user's assignment) is noticed at the next update, which then copies them
+    into a new buffer, as the reference's concatenation would; positions past the filled ones are never visible.
+    (One difference: the reference's ``keys`` of an earlier step is a tensor of its own, here a view of the buffer,
+    so writing into it in place would reach the cache.)"""
+
+    _layer_type = None  # not registered as transformers' layer of any attention type
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        key_buffer, value_buffer, filled = self.__dict__.get("_growing", (None, None, 0))
+        self.keys, key_buffer, key_filled = _append(self.keys, key_buffer, filled, key_states)
+        self.values, value_buffer, value_filled = _append(self.values, value_buffer, filled, value_states)
+        same = key_buffer is not None and value_buffer is not None and key_filled == value_filled
+        self.__dict__["_growing"] = (key_buffer, value_buffer, key_filled) if same else (None, None, 0)
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        key_buffer, value_buffer, filled = self.__dict__.get("_growing", (None, None, 0))
+        if self.get_seq_length() == 0 or not (_is_filled_prefix(self.keys, key_buffer, filled)
+                                               and _is_filled_prefix(self.values, value_buffer, filled)):
+            self.__dict__["_growing"] = (None, None, 0)
+            return super().reorder_cache(beam_idx)
+        if beam_idx.numel() != key_buffer.shape[0]:
+            self.__dict__["_growing"] = (None, None, 0)
+            return super().reorder_cache(beam_idx)
+        beam_idx = beam_idx.to(self.keys.device)
+        new_keys, new_values = torch.empty_like(key_buffer), torch.empty_like(value_buffer)
+        self.keys = torch.index_select(self.keys, 0, beam_idx, out=new_keys[:, :, :filled])
+        self.values = torch.index_select(self.values, 0, beam_idx, out=new_values[:, :, :filled])
+        self.__dict__["_growing"] = (new_keys, new_values, filled)
+
+    def reset(self) -> None:
+        self.__dict__.pop("_growing", None)
+        super().reset()
+
+
+def grow_self_attention_cache(cache) -> None:
+    """Make the self-attention layers of an ``EncoderDecoderCache`` append in place (``GrowingKeyValueLayer``):
+    its ``DynamicLayer``s (exactly that type: sliding-window, static, quantized or offloaded layers are left alone)
+    and the layers it will create."""
+    self_cache = getattr(cache, "self_attention_cache", None)
+    if self_cache is None or getattr(self_cache, "offloading", False):
+        return
+    for layer in self_cache.layers:
+        if type(layer) is DynamicLayer:
+            layer.__class__ = GrowingKeyValueLayer
+    if getattr(self_cache, "layer_class_to_replicate", None) is DynamicLayer:
+        self_cache.layer_class_to_replicate = GrowingKeyValueLayer
