@@ -56,6 +56,8 @@ from _common import (  # noqa: E402
 )
 from bench_seq2seq import EOS, PAD, SIZES, build_models, generate_fn, make_batch  # noqa: E402
 
+from scratchformers.precision import native_bf16_cpu, native_bf16_reason  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Timing order of the engines within an even round (odd rounds run it backwards).
@@ -72,7 +74,6 @@ RATIOS = {
     "_compiled_vs_fp32": ("ours_compiled", "ours_fp32"),
     "_compiled_vs_ct2_fp32": ("ours_compiled", "ct2_fp32"),
 }
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 UNK = 1  # the benchmark tokenizer's <unk> (an ordinary row of the random models)
 
 
@@ -87,14 +88,6 @@ def cpu_model() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 def int8(model: nn.Module) -> nn.Module:
@@ -113,12 +106,11 @@ def torch_engines(ours, hf, args, skipped: dict) -> dict:
     """name -> (model, autocast dtype) of the engines that run on torch."""
     engines = {"ours_fp32": (ours, None), "hf_fp32": (hf, None), "ours_int8": (int8(ours), None),
                "hf_int8": (int8(hf), None)}
-    native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
-    if native or args.bf16:
+    if native_bf16_cpu() or args.bf16:
         engines["ours_bf16"] = (ours, torch.bfloat16)
     else:
-        skipped["ours_bf16"] = (f"no native bf16: none of {', '.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo flags "
-                                "(bf16 would be emulated); --bf16 runs it anyway")
+        skipped["ours_bf16"] = (f"no native bf16 ({native_bf16_reason()}): bf16 would be emulated; --bf16 runs it "
+                                "anyway")
     if args.compile:
         engines["ours_compiled"] = (compiled(ours), None)
     else:

@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Test processes share the CPU with each other: training runs they start wait passively (training/run.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Tests compare exact float32 results: no automatic bf16 on CPUs with AMX / AVX512-BF16 (tests that test it clear this).
+os.environ.setdefault("SCRATCHFORMERS_BF16", "0")
 torch.set_num_threads(1)
 
 

@@ -268,3 +268,59 @@ def test_diverse_and_constrained_beam_search_run_through_the_pipeline(model_and_
     forced = tokenizer(" dog", add_special_tokens=False).input_ids
     ids = pipeline_ids(translator, SOURCES[0], num_beams=3, force_words_ids=[forced], max_new_tokens=8)
     assert any(ids[i : i + len(forced)] == forced for i in range(len(ids)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bf16 autocast where the CPU computes bf16 natively
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fp32_unless_a_test_says_otherwise(monkeypatch):
+    """The other tests compare the pipeline with fp32 model.generate, on every CPU."""
+    monkeypatch.setenv("SCRATCHFORMERS_BF16", "0")
+
+
+def fake_native_bf16(monkeypatch, native: bool) -> None:
+    from scratchformers import precision
+
+    monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
+    flags = "fpu avx2 amx_bf16 amx_tile" if native else "fpu avx2"
+    monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
+
+
+def forward_precisions(model, run) -> set[tuple[bool, torch.dtype]]:
+    """(autocast on, logits dtype) of every forward of ``model`` while ``run()`` runs."""
+    seen = set()
+    handle = model.register_forward_hook(
+        lambda module, args, output: seen.add((torch.is_autocast_enabled("cpu"), output.logits.dtype)))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_generation_runs_in_bf16_where_the_cpu_computes_it_natively(model_and_tokenizer, translator, monkeypatch,
+                                                                    native):
+    model, tokenizer = model_and_tokenizer
+    fake_native_bf16(monkeypatch, native)
+    seen = forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4))
+    assert seen == ({(True, torch.bfloat16)} if native else {(False, torch.float32)})
+    if not native:  # fp32 output unchanged
+        assert pipeline_ids(translator, SOURCES[0], max_new_tokens=8) == generate_ids(model, tokenizer, SOURCES[0],
+                                                                                      max_new_tokens=8)
+    assert not torch.is_autocast_enabled("cpu")  # only inside generate
+
+
+def test_autocast_bf16_false_turns_it_off_and_true_forces_it(model_and_tokenizer, translator, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    fake_native_bf16(monkeypatch, True)
+    assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=False)) == {
+        (False, torch.float32)}
+    fp32 = pipeline("translation", model=model, tokenizer=tokenizer, device="cpu", autocast_bf16=False)
+    assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4)) == {(False, torch.float32)}
+    assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
+        (True, torch.bfloat16)}  # a call's value wins over the construction's
+    fake_native_bf16(monkeypatch, False)
+    assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
+        (True, torch.bfloat16)}

@@ -184,6 +184,65 @@ def test_unknown_task_is_a_usage_error(capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# bf16 on CPU: chosen only where the CPU computes it natively
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fp32_unless_a_test_says_otherwise(monkeypatch):
+    """The other tests (and the runs they start) train in fp32 on every CPU, so their results do not depend on it."""
+    monkeypatch.setenv("SCRATCHFORMERS_BF16", "0")
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """``cpu_flags("amx_bf16")``: the detection reads a /proc/cpuinfo with these flags (and no override)."""
+    from scratchformers import precision
+
+    def fake(*flags: str) -> None:
+        monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
+        monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {' '.join(flags)}\n")
+
+    return fake
+
+
+@pytest.mark.parametrize("task", ["translation", "image-classification"])
+@pytest.mark.parametrize("flags, native", [(["amx_bf16"], True), (["avx512_bf16"], True), ([], False)])
+def test_cpu_runs_train_in_bf16_only_where_the_cpu_computes_it_natively(cpu_flags, flags, native, task):
+    cpu_flags(*flags)
+    _, _, training_args, _ = run.parse_args(["--task", task, "--use_cpu", "True"])
+    assert training_args.bf16 is native and not training_args.fp16
+
+
+def test_explicit_precision_flags_win(cpu_flags, tmp_path):
+    cpu_flags("amx_bf16")
+    for flags in (["--bf16", "False"], ["--bf16=False"], ["--fp16", "True", "--bf16", "False"]):
+        assert run.parse_args(["--use_cpu", "True", *flags])[2].bf16 is False, flags
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"use_cpu": True, "bf16": False}))
+    assert run.parse_args([str(config)])[2].bf16 is False
+    assert run.parse_args(["--use_cpu", "False"])[2].bf16 is False  # accelerator runs: transformers' own default
+    cpu_flags()
+    assert run.parse_args(["--use_cpu", "True", "--bf16", "True"])[2].bf16 is True  # allowed, though emulated
+    config.write_text(json.dumps({"use_cpu": True, "bf16": True}))
+    assert run.parse_args([str(config)])[2].bf16 is True
+
+
+@pytest.mark.parametrize("flags, given, level, message", [
+    (["amx_bf16"], [], "INFO", "bf16: native on this CPU (amx_bf16)"),
+    ([], [], "INFO", "fp32: this CPU has no native bf16 (bf16 would be emulated, slower)"),
+    ([], ["--bf16", "True"], "WARNING", "is emulated, and slower than fp32"),
+    (["avx512_bf16"], ["--bf16", "False"], "INFO", "fp32 although this CPU has native bf16 (avx512_bf16)"),
+])
+def test_the_precision_and_its_reason_are_logged(cpu_flags, caplog, flags, given, level, message):
+    import logging
+
+    cpu_flags(*flags)
+    _, _, training_args, _ = run.parse_args(["--use_cpu", "True", *given])
+    with caplog.at_level(logging.INFO, logger=run.logger.name):
+        run.log_precision(training_args)
+    assert [(record.levelname, message in record.getMessage()) for record in caplog.records] == [(level, True)]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Bad input: a clear error before training, nothing written or overwritten
 # --------------------------------------------------------------------------------------------------------------
 def test_bad_input_fails_before_training_and_writes_nothing(tiny_files, tmp_path):

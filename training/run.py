@@ -58,6 +58,7 @@ import transformers
 from transformers import AutoConfig, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
 from scratchformers.data import EMBEDDED_DATASETS, DatasetError
+from scratchformers.precision import native_bf16_cpu, native_bf16_reason
 
 # The sibling modules import from this folder: on sys.path already when run as a script, not when loaded by path.
 HERE = Path(__file__).resolve().parent
@@ -275,6 +276,8 @@ def parse_args(argv: Optional[list[str]] = None):
         defaults["save_total_limit"] = max(defaults["save_total_limit"], averaged)
         if "load_best_model_at_end" not in explicit:
             defaults["load_best_model_at_end"] = False
+    if use_cpu and not explicit & {"bf16", "fp16"}:
+        defaults["bf16"] = native_bf16_cpu()  # on CPU, bf16 only where it is computed natively (faster than fp32)
 
     def parse(defaults: dict[str, Any]):
         if json_file:
@@ -288,6 +291,23 @@ def parse_args(argv: Optional[list[str]] = None):
     if legacy_args.warmup_ratio is not None:
         training_args.warmup_steps = legacy_args.warmup_ratio
     return model_args, data_args, training_args, legacy_args
+
+
+def log_precision(training_args) -> None:
+    """Say why a CPU run trains in bf16 or fp32 (``parse_args`` picks bf16 only where the CPU computes it natively,
+    unless --bf16 / --fp16 was given); warn when bf16 was asked for on a CPU that emulates it."""
+    if not training_args.use_cpu or training_args.fp16:
+        return
+    native = native_bf16_cpu()
+    if training_args.bf16 and native:
+        logger.info(f"bf16: native on this CPU ({native_bf16_reason()})")
+    elif training_args.bf16:
+        logger.warning(f"bf16 on a CPU without native bf16 ({native_bf16_reason()}): it is emulated, and slower than "
+                       "fp32 (drop --bf16 to train in fp32)")
+    elif native:
+        logger.info(f"fp32 although this CPU has native bf16 ({native_bf16_reason()}): --bf16 False was given")
+    else:
+        logger.info("fp32: this CPU has no native bf16 (bf16 would be emulated, slower)")
 
 
 def start_cpu_process_group(timeout_seconds: int) -> None:
@@ -406,6 +426,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     """One run: check the input, prepare the task's job, train / evaluate / save, then report and write the card."""
     model_args, data_args, training_args, legacy_args = parse_args(argv)
     setup_logging(training_args)
+    log_precision(training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     logger.info(f"OpenMP threads wait {'passively' if os.environ.get('OMP_WAIT_POLICY') == 'PASSIVE' else 'actively'}"
                 f" ({torch.get_num_threads()} threads; set OMP_WAIT_POLICY to choose)")

@@ -430,13 +430,13 @@ def export(args: argparse.Namespace) -> int:
     weight type, OUT_DIR, the config), then the model is loaded with the checks of ``load_model``."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from . import export_ct2 as ct2
     from .configuration_transformer import ScratchTransformerConfig
+    from .export_ct2 import check_exportable, check_out_dir, check_quantization, export_ct2, import_ctranslate2
 
     try:
-        ct2.import_ctranslate2()
-        ct2.check_quantization(args.quantization)
-        ct2.check_out_dir(args.out_dir, args.overwrite)
+        import_ctranslate2()
+        check_quantization(args.quantization)
+        check_out_dir(args.out_dir, args.overwrite)
     except (ImportError, ValueError, OSError) as error:
         raise CLIError(first_line(error)) from error
     config = load_config(args.model_dir)
@@ -444,7 +444,7 @@ def export(args: argparse.Namespace) -> int:
         raise CLIError(f"'{args.model_dir}' holds a {config.model_type} model, not a scratchformers translation model: "
                        f"`{PROG} export ct2` exports {ScratchTransformerConfig.model_type} models")
     try:
-        ct2.check_exportable(config)
+        check_exportable(config)
     except ValueError as error:
         raise CLIError(first_line(error)) from error
     try:
@@ -453,8 +453,8 @@ def export(args: argparse.Namespace) -> int:
         raise CLIError(f"no usable tokenizer in '{args.model_dir}' (save it next to the model): {first_line(error)}")
     model = load_model(AutoModelForSeq2SeqLM, args.model_dir)
     try:
-        written = ct2.export_ct2(model, args.out_dir, quantization=args.quantization, overwrite=args.overwrite,
-                                 tokenizer=tokenizer)
+        written = export_ct2(model, args.out_dir, quantization=args.quantization, overwrite=args.overwrite,
+                             tokenizer=tokenizer)
     except (ValueError, OSError, RuntimeError) as error:
         raise CLIError(f"could not export '{args.model_dir}': {first_line(error)}") from error
     print(f"{written}: wrote a CTranslate2 model ({args.quantization or 'float32'})")

@@ -8,6 +8,10 @@ models get transformers' pipeline unchanged.
 - Paths, URLs and PIL images reach the processor in their own mode. transformers' ``load_image`` converts them to
   8-bit RGB first, which saturates 16-bit images, blackens float ones and drops transparency.
 
+- On a CPU that computes bf16 natively (AMX-BF16 / AVX512-BF16, see ``precision.py``), a float32 model runs under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)``, which is faster there; elsewhere it stays in fp32.
+  ``autocast_bf16=False`` (at construction or per call) turns that off, ``autocast_bf16=True`` forces it.
+
 ``scratchformers`` registers it for the task, so ``pipeline("image-classification", model=...)`` returns it.
 """
 
@@ -20,11 +24,32 @@ from transformers.image_utils import load_image
 from transformers.pipelines.image_classification import ImageClassificationPipeline as _ImageClassificationPipeline
 
 from .image_processing_vit import check_not_empty, exif_upright, open_image
+from .precision import bf16_autocast
 
 
 class ImageClassificationPipeline(_ImageClassificationPipeline):
-    """``transformers.ImageClassificationPipeline`` that classifies each image of a 4-D batch and hands images to
-    a ``reads_every_image_mode`` processor unconverted (see the module docstring)."""
+    """``transformers.ImageClassificationPipeline`` that classifies each image of a 4-D batch, hands images to
+    a ``reads_every_image_mode`` processor unconverted and runs in bf16 where the CPU computes it natively (see the
+    module docstring).
+
+    Pipeline parameter, besides transformers' ones: ``autocast_bf16``: ``None`` (default): the model's forward runs
+    under bf16 autocast iff it is float32 on a CPU with native bf16 (``precision.native_bf16_cpu()``); ``False``:
+    never; ``True``: also where bf16 is emulated. Only for ``reads_every_image_mode`` processors (ours).
+    """
+
+    def _sanitize_parameters(self, autocast_bf16: bool | None = None, **kwargs: Any):
+        """transformers' parameters, and ``autocast_bf16`` for ``_forward``."""
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        if autocast_bf16 is not None:
+            forward_params = {**forward_params, "autocast_bf16": autocast_bf16}
+        return preprocess_params, forward_params, postprocess_params
+
+    def _forward(self, model_inputs: Any, autocast_bf16: bool | None = None) -> Any:
+        """The model's forward; under bf16 autocast where ``autocast_bf16`` says (see the class docstring)."""
+        if not getattr(self.image_processor, "reads_every_image_mode", False):
+            return super()._forward(model_inputs)  # other models: transformers' pipeline, unchanged
+        with bf16_autocast(self.model, autocast_bf16):
+            return super()._forward(model_inputs)
 
     def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
         """As transformers' ``__call__``; a 4-D array or tensor is a list of images (one result each)."""

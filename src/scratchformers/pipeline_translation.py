@@ -15,7 +15,11 @@ Generation keyword arguments (``num_beams``, ``max_new_tokens``, ``do_sample``, 
 the pipeline is built and at each call, and go to ``model.generate``. Inputs longer than the model accepts are
 truncated with a warning; an empty (or blank) input translates to ``""``.
 
-This module imports nothing from its package: saved checkpoints carry a copy of it, which
+A float32 model on a CPU that computes bf16 natively (AMX-BF16 / AVX512-BF16, see ``precision.py``) generates under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, which is faster there; elsewhere it stays in fp32.
+``autocast_bf16=False`` (at construction or per call) turns that off, ``autocast_bf16=True`` forces it.
+
+This module imports nothing from its package but ``precision.py``: saved checkpoints carry a copy of both, which
 ``pipeline(..., trust_remote_code=True)`` loads where the package is not installed.
 """
 
@@ -27,6 +31,8 @@ from typing import Any, Optional, Union
 import torch
 from transformers import Pipeline
 from transformers.utils import ModelOutput
+
+from .precision import bf16_autocast
 
 # Tokenizers without a length limit report this huge number as their ``model_max_length``.
 _NO_LIMIT = int(1e20)
@@ -50,6 +56,8 @@ class TranslationPipeline(Pipeline):
         clean_up_tokenization_spaces: passed to ``tokenizer.decode``.
         src_lang / tgt_lang: for multilingual tokenizers that build translation inputs themselves; the task name
             ``"translation_XX_to_YY"`` sets them to ``XX`` and ``YY``. Read back as ``src_lang`` / ``tgt_lang``.
+        autocast_bf16: ``None`` (default): generate under bf16 autocast iff the model is float32 on a CPU with
+            native bf16 (``precision.native_bf16_cpu()``); ``False``: never; ``True``: also where bf16 is emulated.
     """
 
     _pipeline_calls_generate = True
@@ -83,6 +91,7 @@ class TranslationPipeline(Pipeline):
         clean_up_tokenization_spaces: Optional[bool] = None,
         src_lang: Optional[str] = None,
         tgt_lang: Optional[str] = None,
+        autocast_bf16: Optional[bool] = None,
         **generate_kwargs,
     ) -> tuple[dict, dict, dict]:
         """Split the keyword arguments into preprocess / forward (``generate``) / postprocess parameters."""
@@ -107,7 +116,10 @@ class TranslationPipeline(Pipeline):
             postprocess_params["return_tensors"] = not return_text
         if clean_up_tokenization_spaces is not None:
             postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
-        return preprocess_params, generate_kwargs, postprocess_params
+        forward_params = dict(generate_kwargs)
+        if autocast_bf16 is not None:
+            forward_params["autocast_bf16"] = autocast_bf16
+        return preprocess_params, forward_params, postprocess_params
 
     def max_source_length(self) -> int:
         """The longest input, in tokens, that both the tokenizer and the model's position table accept."""
@@ -168,8 +180,11 @@ class TranslationPipeline(Pipeline):
     # ----------------------------------------------------------------------------------------------------------
     # Generation
     # ----------------------------------------------------------------------------------------------------------
-    def _forward(self, model_inputs: dict[str, torch.Tensor], **generate_kwargs) -> dict[str, torch.Tensor]:
-        """``model.generate`` on a (padded) batch; output ids come back as ``[batch, num_return_sequences, length]``."""
+    def _forward(
+        self, model_inputs: dict[str, torch.Tensor], autocast_bf16: Optional[bool] = None, **generate_kwargs
+    ) -> dict[str, torch.Tensor]:
+        """``model.generate`` on a (padded) batch, under bf16 autocast where ``autocast_bf16`` says (see the class
+        docstring); output ids come back as ``[batch, num_return_sequences, length]``."""
         prepared = self._prepare_generate_kwargs(generate_kwargs)
         set_params = self._get_set_generation_params(prepared)
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -178,7 +193,8 @@ class TranslationPipeline(Pipeline):
             prepared = self._prepare_generate_kwargs(generate_kwargs, max_length=max_positions)
 
         input_ids = model_inputs["input_ids"]
-        output = self.model.generate(input_ids=input_ids, attention_mask=model_inputs["attention_mask"], **prepared)
+        with bf16_autocast(self.model, autocast_bf16):
+            output = self.model.generate(input_ids=input_ids, attention_mask=model_inputs["attention_mask"], **prepared)
         output_ids = output.sequences if isinstance(output, ModelOutput) else output
         in_batch, out_batch = input_ids.shape[0], output_ids.shape[0]
         return {
