@@ -108,9 +108,9 @@ def test_auto_augmentation_follows_the_epochs_a_run_sees():
         return run.parse_args(["--task", "image-classification", *flags])[2]
 
     mnist_5k, fashion = 4000, 55000
-    assert image_task.augments("auto", args(), mnist_5k)  # 5000 x 64 images: 80 epochs
-    assert not image_task.augments("auto", args(), fashion)  # 5.8 epochs
-    assert image_task.augments("auto", args("--gradient_accumulation_steps", "2"), fashion)  # 11.6 epochs
+    assert image_task.augments("auto", args(), mnist_5k)  # 3000 x 64 images: 48 epochs
+    assert not image_task.augments("auto", args(), fashion)  # 3.5 epochs
+    assert image_task.augments("auto", args("--gradient_accumulation_steps", "3"), fashion)  # 10.5 epochs
     assert image_task.augments("auto", args("--num_train_epochs", "10"), fashion)
     assert not image_task.augments("auto", args("--num_train_epochs", "9"), mnist_5k)
     assert image_task.augments("always", args(), fashion) and not image_task.augments("never", args(), mnist_5k)
