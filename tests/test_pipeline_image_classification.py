@@ -67,12 +67,6 @@ def test_the_pipeline_gives_one_prediction_per_image_of_a_4d_batch(saved_vit):
 # ----------------------------------------------------------------------------------------------------------------
 # bf16 autocast where the CPU computes bf16 natively
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fp32_unless_a_test_says_otherwise(monkeypatch):
-    """The other tests compare the pipeline's scores with the fp32 model's, on every CPU."""
-    monkeypatch.setenv("SCRATCHFORMERS_BF16", "0")
-
-
 def fake_native_bf16(monkeypatch, native: bool) -> None:
     from scratchformers import precision
 

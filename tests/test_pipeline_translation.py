@@ -273,12 +273,6 @@ def test_diverse_and_constrained_beam_search_run_through_the_pipeline(model_and_
 # ----------------------------------------------------------------------------------------------------------------
 # bf16 autocast where the CPU computes bf16 natively
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fp32_unless_a_test_says_otherwise(monkeypatch):
-    """The other tests compare the pipeline with fp32 model.generate, on every CPU."""
-    monkeypatch.setenv("SCRATCHFORMERS_BF16", "0")
-
-
 def fake_native_bf16(monkeypatch, native: bool) -> None:
     from scratchformers import precision
 

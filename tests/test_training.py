@@ -201,12 +201,6 @@ def test_unknown_task_is_a_usage_error(capsys):
 # --------------------------------------------------------------------------------------------------------------
 # bf16 on CPU: chosen only where the CPU computes it natively
 # --------------------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fp32_unless_a_test_says_otherwise(monkeypatch):
-    """The other tests (and the runs they start) train in fp32 on every CPU, so their results do not depend on it."""
-    monkeypatch.setenv("SCRATCHFORMERS_BF16", "0")
-
-
 @pytest.fixture
 def cpu_flags(monkeypatch):
     """``cpu_flags("amx_bf16")``: the detection reads a /proc/cpuinfo with these flags (and no override)."""
