@@ -87,3 +87,15 @@ def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
     result = run_python(code, tmp_path, without_package=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """``cpu_flags("amx_bf16")``: the detection reads a /proc/cpuinfo with these flags (and no override)."""
+    from scratchformers import precision
+
+    def fake(*flags: str) -> None:
+        monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
+        monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {' '.join(flags)}\n")
+
+    return fake

@@ -67,14 +67,6 @@ def test_the_pipeline_gives_one_prediction_per_image_of_a_4d_batch(saved_vit):
 # ----------------------------------------------------------------------------------------------------------------
 # bf16 autocast where the CPU computes bf16 natively
 # ----------------------------------------------------------------------------------------------------------------
-def fake_native_bf16(monkeypatch, native: bool) -> None:
-    from scratchformers import precision
-
-    monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
-    flags = "fpu avx2 avx512f avx512_bf16" if native else "fpu avx2"
-    monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
-
-
 def forward_precisions(classify, *args, **kwargs) -> tuple[set, list]:
     """(autocast on, logits dtype) of every forward of the pipeline's model during ``classify(*args, **kwargs)``,
     and its result."""
@@ -88,22 +80,22 @@ def forward_precisions(classify, *args, **kwargs) -> tuple[set, list]:
     return seen, result
 
 
-def test_classification_runs_in_bf16_only_where_the_cpu_computes_it_natively(saved_vit, monkeypatch):
+def test_classification_runs_in_bf16_only_where_the_cpu_computes_it_natively(saved_vit, cpu_flags):
     model, path = saved_vit
     classify = pipeline("image-classification", model=str(path))
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    fake_native_bf16(monkeypatch, False)
+    cpu_flags()
     seen, fp32 = forward_precisions(classify, image, top_k=3)
     assert seen == {(False, torch.float32)}
     with torch.no_grad():
         probabilities = model(classify.image_processor(image, return_tensors="pt").pixel_values).logits.softmax(-1)[0]
     assert {r["label"]: r["score"] for r in fp32} == pytest.approx(
         {label: float(probabilities[i]) for i, label in LABELS.items()}, abs=1e-6)  # fp32: unchanged
-    fake_native_bf16(monkeypatch, True)
+    cpu_flags("avx512f", "avx512_bf16")
     seen, bf16 = forward_precisions(classify, image, top_k=3)
     assert seen == {(True, torch.bfloat16)} and sum(r["score"] for r in bf16) == pytest.approx(1.0, abs=1e-3)
     assert forward_precisions(classify, image, autocast_bf16=False)[0] == {(False, torch.float32)}
     off = pipeline("image-classification", model=str(path), autocast_bf16=False)
     assert forward_precisions(off, image)[0] == {(False, torch.float32)}
-    fake_native_bf16(monkeypatch, False)
+    cpu_flags()
     assert forward_precisions(classify, image, autocast_bf16=True)[0] == {(True, torch.bfloat16)}

@@ -273,14 +273,6 @@ def test_diverse_and_constrained_beam_search_run_through_the_pipeline(model_and_
 # ----------------------------------------------------------------------------------------------------------------
 # bf16 autocast where the CPU computes bf16 natively
 # ----------------------------------------------------------------------------------------------------------------
-def fake_native_bf16(monkeypatch, native: bool) -> None:
-    from scratchformers import precision
-
-    monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
-    flags = "fpu avx2 amx_bf16 amx_tile" if native else "fpu avx2"
-    monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
-
-
 def forward_precisions(model, run) -> set[tuple[bool, torch.dtype]]:
     """(autocast on, logits dtype) of every forward of ``model`` while ``run()`` runs."""
     seen = set()
@@ -294,10 +286,10 @@ def forward_precisions(model, run) -> set[tuple[bool, torch.dtype]]:
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_generation_runs_in_bf16_where_the_cpu_computes_it_natively(model_and_tokenizer, translator, monkeypatch,
+def test_generation_runs_in_bf16_where_the_cpu_computes_it_natively(model_and_tokenizer, translator, cpu_flags,
                                                                     native):
     model, tokenizer = model_and_tokenizer
-    fake_native_bf16(monkeypatch, native)
+    cpu_flags(*(["amx_bf16", "amx_tile"] if native else []))
     seen = forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4))
     assert seen == ({(True, torch.bfloat16)} if native else {(False, torch.float32)})
     if not native:  # fp32 output unchanged
@@ -306,15 +298,15 @@ def test_generation_runs_in_bf16_where_the_cpu_computes_it_natively(model_and_to
     assert not torch.is_autocast_enabled("cpu")  # only inside generate
 
 
-def test_autocast_bf16_false_turns_it_off_and_true_forces_it(model_and_tokenizer, translator, monkeypatch):
+def test_autocast_bf16_false_turns_it_off_and_true_forces_it(model_and_tokenizer, translator, cpu_flags):
     model, tokenizer = model_and_tokenizer
-    fake_native_bf16(monkeypatch, True)
+    cpu_flags("amx_bf16", "amx_tile")
     assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=False)) == {
         (False, torch.float32)}
     fp32 = pipeline("translation", model=model, tokenizer=tokenizer, device="cpu", autocast_bf16=False)
     assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4)) == {(False, torch.float32)}
     assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
         (True, torch.bfloat16)}  # a call's value wins over the construction's
-    fake_native_bf16(monkeypatch, False)
+    cpu_flags()
     assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
         (True, torch.bfloat16)}

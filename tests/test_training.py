@@ -199,20 +199,8 @@ def test_unknown_task_is_a_usage_error(capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# bf16 on CPU: chosen only where the CPU computes it natively
+# bf16 on CPU: chosen only where the CPU computes it natively (the cpu_flags fixture: conftest.py)
 # --------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def cpu_flags(monkeypatch):
-    """``cpu_flags("amx_bf16")``: the detection reads a /proc/cpuinfo with these flags (and no override)."""
-    from scratchformers import precision
-
-    def fake(*flags: str) -> None:
-        monkeypatch.delenv("SCRATCHFORMERS_BF16", raising=False)
-        monkeypatch.setattr(precision, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {' '.join(flags)}\n")
-
-    return fake
-
-
 @pytest.mark.parametrize("task", ["translation", "image-classification"])
 @pytest.mark.parametrize("flags, native", [(["amx_bf16"], True), (["avx512_bf16"], True), ([], False)])
 def test_cpu_runs_train_in_bf16_only_where_the_cpu_computes_it_natively(cpu_flags, flags, native, task):
