@@ -92,6 +92,23 @@ def test_image_task_uses_training_arguments():
     assert training_args.metric_for_best_model == "accuracy" and training_args.remove_unused_columns is False
 
 
+@pytest.mark.parametrize("environ, launcher_environ, launcher_command, expected", [
+    # accelerate launch without --cpu or a thread count: its one thread for a GPU feeder becomes all the cores
+    ({"ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "1"}, {}, ["accelerate", "launch", "run.py"], 3),
+    ({"ACCELERATE_USE_CPU": "True", "OMP_NUM_THREADS": "1"}, {}, ["accelerate", "launch", "--cpu", "run.py"], None),
+    ({"ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}, {}, ["accelerate"], None),
+    ({"ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1"}, ["accelerate"], None),
+    ({"ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "1"}, {},
+     ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "run.py"], None),
+    ({"ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "2"}, {}, ["accelerate"], None),
+    ({"OMP_NUM_THREADS": "1"}, {}, ["bash"], None),  # not launched by accelerate: the user's one thread
+])
+def test_a_lone_accelerate_process_on_the_cpu_gets_every_core(environ, launcher_environ, launcher_command, expected,
+                                                              monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert run.threads_for_a_lone_accelerate_process(environ, launcher_environ, launcher_command) == expected
+
+
 def test_the_image_recipe_is_the_default_of_images_only():
     _, data_args, training_args, _ = run.parse_args(["--task", "image-classification"])
     augmentation = (data_args.random_rotation, data_args.random_translate, data_args.random_scale,
