@@ -130,9 +130,10 @@ def word_level_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
 
 
-def ct2_translators(ours, threads: int, skipped: dict) -> tuple[dict, list[str] | None, str | None]:
-    """``{"ct2_fp32": Translator, "ct2_int8": Translator}`` of ``export_ct2(ours)``, the exported vocabulary (token
-    string of each id) and ctranslate2's version; nothing (and the reason in ``skipped``) without ctranslate2."""
+def ct2_translators(ours, threads: int, skipped: dict, tokenizer=None) -> tuple[dict, list[str] | None, str | None]:
+    """``{"ct2_fp32": Translator, "ct2_int8": Translator}`` of ``export_ct2(ours, tokenizer=tokenizer)`` (default:
+    ``word_level_tokenizer``), the exported vocabulary (token string of each id) and ctranslate2's version; nothing
+    (and the reason in ``skipped``) without ctranslate2."""
     try:
         import ctranslate2
     except ImportError as error:
@@ -141,7 +142,7 @@ def ct2_translators(ours, threads: int, skipped: dict) -> tuple[dict, list[str] 
         return {}, None, None
     from scratchformers.export_ct2 import export_ct2
 
-    tokenizer = word_level_tokenizer(ours.config.vocab_size)
+    tokenizer = tokenizer or word_level_tokenizer(ours.config.vocab_size)
     translators = {}
     with tempfile.TemporaryDirectory(prefix="bench_decode_ct2_") as workdir:
         for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):

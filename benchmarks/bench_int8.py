@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_common_arguments, alternate, loadavg, print_report  # noqa: E402
-from bench_decode import ENGINES, cpu_model, int8  # noqa: E402
+from bench_decode import ENGINES, cpu_model, ct2_translators, int8  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -88,23 +88,6 @@ def ct2_translate_fn(translator, tokenizer, sources: list[str], batch: int, num_
     return run
 
 
-def ct2_translators(model, tokenizer, workdir: str, threads: int, skipped: dict) -> dict:
-    try:
-        import ctranslate2
-    except ImportError as error:
-        for name in ("ct2_fp32", "ct2_int8"):
-            skipped[name] = f"ctranslate2 is not installed ({error}): pip install 'scratchformers[bench]'"
-        return {}
-    from scratchformers.export_ct2 import export_ct2
-
-    translators = {}
-    for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):
-        directory = export_ct2(model, Path(workdir) / name, quantization=quantization, tokenizer=tokenizer)
-        translators[name] = ctranslate2.Translator(str(directory), device="cpu", compute_type=quantization or
-                                                   "float32", intra_threads=threads, inter_threads=1)
-    return translators
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a trained scratchformers translation model (training/run.py's output_dir)")
@@ -115,6 +98,9 @@ def main(argv=None) -> dict:
     add_common_arguments(parser, rounds=3)
     parser.set_defaults(warmup=1)
     args = parser.parse_args(argv)
+    if not (args.model or args.smoke):
+        parser.error("--model DIR is required (a trained translation model: python training/run.py writes "
+                     "outputs/translation)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -125,13 +111,10 @@ def main(argv=None) -> dict:
     from scratchformers.data import load_translation_dataset
 
     test = load_translation_dataset(args.dataset_name)[0]["test"]
-    workdir = tempfile.TemporaryDirectory(prefix="bench_int8_")
+    workdir = tempfile.TemporaryDirectory(prefix="bench_int8_smoke_")
     if args.smoke:
         args.samples, args.batch, args.rounds = 4, 2, 1
         args.model = str(smoke_model(Path(workdir.name) / "model", test["source"][:8] + test["target"][:8]))
-    if not args.model:
-        parser.error("--model DIR is required (a trained translation model: python training/run.py writes "
-                     "outputs/translation)")
     test = test.select(range(min(args.samples, len(test))))
     sources, references = list(test["source"]), list(test["target"])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -143,7 +126,8 @@ def main(argv=None) -> dict:
     skipped: dict = {}
     runs = {name: torch_translate_fn(engine, tokenizer, sources, args.batch, num_beams, max_length)
             for name, engine in (("ours_fp32", model), ("ours_int8", int8(model)))}
-    for name, translator in ct2_translators(model, tokenizer, workdir.name, torch.get_num_threads(), skipped).items():
+    translators, _, ct2_version = ct2_translators(model, torch.get_num_threads(), skipped, tokenizer=tokenizer)
+    for name, translator in translators.items():
         runs[name] = ct2_translate_fn(translator, tokenizer, sources, args.batch, num_beams, max_length)
     runs = {name: runs[name] for name in ENGINES if name in runs}
 
@@ -170,7 +154,8 @@ def main(argv=None) -> dict:
                                                 for name, texts in translations.items() if name != "ours_fp32"}
     report["rounds"] = timing["rounds"]
     report["skipped"] = skipped
-    report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
+    report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                          "ctranslate2": ct2_version}
     workdir.cleanup()
     return print_report(report, args, load_before)
 
