@@ -139,8 +139,9 @@ def main(argv=None) -> dict:
     ratios = {key: pair for key, pair in RATIOS.items() if set(pair) <= set(runs)}
     timing = alternate(runs, len(sources), 1, args.rounds, args.clock, ratios=ratios)
     bleu, chrf = scratchformers.metrics.load("sacrebleu"), scratchformers.metrics.load("chrf")
-    scores = {name: {"bleu": round(bleu.compute(predictions=texts, references=[[r] for r in references])["score"], 2),
-                     "chrf": round(chrf.compute(predictions=texts, references=[[r] for r in references])["score"], 2)}
+    per_sentence = [[reference] for reference in references]
+    scores = {name: {"bleu": round(bleu.compute(predictions=texts, references=per_sentence)["score"], 2),
+                     "chrf": round(chrf.compute(predictions=texts, references=per_sentence)["score"], 2)}
               for name, texts in translations.items()}
 
     report: dict = {"model": args.model, "samples": len(sources), "batch": args.batch, "num_beams": num_beams,
