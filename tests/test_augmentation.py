@@ -69,7 +69,17 @@ def test_the_background_stays_the_background():
     (dict(rotation=-1), "--random_rotation must be >= 0"),
     (dict(translate=-0.1), "--random_translate must be >= 0"),
     (dict(scale=1.0), "--random_scale must be below 1"),
+    (dict(flip=1.5), "--random_hflip is a probability"),
 ])
 def test_bad_bounds_are_named(arguments, message):
     with pytest.raises(ValueError, match=message):
         RandomAffine(**arguments)
+
+
+def test_a_flip_mirrors_exactly_the_drawn_images():
+    images = torch.randn(64, 2, 6, 6)
+    flipped = RandomAffine(flip=0.5)(images, generator(5))
+    mirrored = torch.tensor([torch.allclose(out, image.flip(-1), atol=1e-5) for out, image in zip(flipped, images)])
+    kept = torch.tensor([torch.allclose(out, image, atol=1e-5) for out, image in zip(flipped, images)])
+    assert torch.all(mirrored ^ kept) and 20 < int(mirrored.sum()) < 44  # each image one or the other, ~half
+    assert torch.allclose(RandomAffine(flip=1.0)(images, generator()), images.flip(-1), atol=1e-5)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class RandomAffine:
     """Rotate by up to ``rotation`` degrees, shift by up to ``translate`` of the image size, zoom by a factor in
-    ``[1 - scale, 1 + scale]`` and shear by up to ``shear`` degrees, each drawn uniformly per image.
+    ``[1 - scale, 1 + scale]`` and shear by up to ``shear`` degrees, each drawn uniformly per image, and mirror
+    left-right with probability ``flip`` (a mirror is an affine map too: x -> -x).
 
     Applied to normalized ``pixel_values`` (N x C x H x W); pixels moved in from outside repeat the border,
     which is the background for centred objects (a zero fill would be the mean colour, not the background).
@@ -27,6 +28,7 @@ class RandomAffine:
     translate: float = 0.0
     scale: float = 0.0
     shear: float = 0.0
+    flip: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rotation", "translate", "scale", "shear"):
@@ -34,10 +36,12 @@ class RandomAffine:
                 raise ValueError(f"--random_{name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
         if self.scale >= 1:
             raise ValueError(f"--random_scale must be below 1 (a zoom factor in [1 - scale, 1 + scale]), got {self.scale}.")
+        if not 0 <= self.flip <= 1:
+            raise ValueError(f"--random_hflip is a probability in [0, 1] (0 turns it off), got {self.flip}.")
 
     @property
     def active(self) -> bool:
-        return any((self.rotation, self.translate, self.scale, self.shear))
+        return any((self.rotation, self.translate, self.scale, self.shear, self.flip))
 
     def matrices(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random 2 x 3 maps from output to input coordinates, in ``affine_grid``'s [-1, 1] units."""
@@ -55,6 +59,9 @@ class RandomAffine:
             torch.stack([cos, cos * torch.tan(shear) - sin], dim=1),
             torch.stack([sin, sin * torch.tan(shear) + cos], dim=1),
         ], dim=1) / zoom[:, None, None]
+        if self.flip:  # drawn only when asked for: runs without it keep their random stream
+            mirror = torch.where(torch.rand(count, generator=generator) < self.flip, -1.0, 1.0)
+            linear[:, :, 0] *= mirror[:, None]  # the output's x is read from the input's -x
         return torch.cat([linear, shift[:, :, None]], dim=2)
 
     def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -89,7 +89,7 @@ def prepare_image_classification(model_args, data_args, training_args, last_chec
         return {"pixel_values": pixel_values, "labels": batch["label"]}
 
     augment = RandomAffine(data_args.random_rotation, data_args.random_translate, data_args.random_scale,
-                           data_args.random_shear)
+                           data_args.random_shear, data_args.random_hflip)
     if not augments(data_args.augmentation, training_args, len(raw["train"])):
         augment = RandomAffine()
 

@@ -262,6 +262,10 @@ class DataTrainingArguments:
     random_shear: float = field(
         default=0.0, metadata={"help": "Images: shear each training image by up to this many degrees."}
     )
+    random_hflip: float = field(
+        default=0.0, metadata={"help": "Images: mirror each training image left-right with this probability (garments"
+                               ", photos; not digits or text)."}
+    )
     num_samples: int = field(default=3, metadata={"help": "Test examples shown through the pipeline at the end."})
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached tokenized datasets."})
