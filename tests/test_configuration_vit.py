@@ -41,6 +41,9 @@ def test_defaults_are_vit_base_patch16_224():
         ({"layer_norm_eps": -1e-6}, "layer_norm_eps must be a number > 0, got -1e-06"),
         ({"init_std": -1}, "init_std"),
         ({"problem_type": "ranking"}, "problem_type"),
+        ({"patch_embedding": "conv"}, "patch_embedding"),
+        ({"patch_embedding": "convolutional", "image_size": 28, "patch_size": 7}, "needs a power of 2 as patch_size"),
+        ({"patch_embedding": "convolutional", "stem_channels": 0}, "stem_channels"),
     ],
 )
 def test_invalid_values_raise_naming_the_field(overrides, field):

@@ -85,7 +85,8 @@ def test_hidden_states_are_embeddings_plus_one_per_layer():
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"norm_position": "post"}, {"norm_type": "rmsnorm"}, {"qkv_bias": False}, {"activation": "relu", "pooling": "mean"}],
+    [{}, {"norm_position": "post"}, {"norm_type": "rmsnorm"}, {"qkv_bias": False}, {"activation": "relu", "pooling": "mean"},
+     {"patch_embedding": "convolutional"}],
 )
 def test_variants_train(variant):
     model = tiny_vit(**variant).train()
@@ -364,6 +365,7 @@ VARIANTS = {
     "geglu": dict(activation="geglu"),
     "qk_norm": dict(qk_norm=True),
     "gqa": dict(num_key_value_heads=2),
+    "convolutional_stem": dict(patch_embedding="convolutional", stem_channels=4),
 }
 
 
@@ -382,3 +384,38 @@ def test_variants_agree_across_kernels_and_with_the_rewrites_switch(variant):
     assert len(out.attentions) == len(out.hidden_states) - 1 == 2 and out.attentions[0].shape == (2, 4, 17, 17)
     if variant.get("position_embedding") == "rotary":
         assert eager.vit.embeddings.position_embeddings is None  # no table: positions act inside attention
+
+
+def test_the_convolutional_stem_is_strided_convolutions_batch_norm_and_relu_then_a_1x1_projection():
+    """Xiao et al.'s stem, computed with torch.nn.functional from the model's own weights: 28x28 pixels, three
+    stride-2 convolutions (28 -> 14 -> 7 -> 4, the edge padded) and channels 8, 16, 32; 16 tokens, like 7x7 patches."""
+    model = tiny_vit(image_size=28, num_channels=1, patch_embedding="convolutional", stem_channels=8).train()
+    stem = model.vit.embeddings.patch_embeddings
+    assert model.config.stem_widths() == [8, 16, 32] and model.config.num_patches == 16
+    images = pixels(batch=3, channels=1, height=28, width=28)
+    x = images
+    for convolution, norm, _ in stem.convolutions:
+        x = nn.functional.conv2d(x, convolution.weight, stride=2, padding=1)
+        mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        x = ((x - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None] + norm.bias[:, None, None]).relu()
+    x = nn.functional.conv2d(x, stem.projection.weight, stem.projection.bias)
+    assert x.shape == (3, 32, 4, 4)
+    torch.testing.assert_close(stem(images), x.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    # He initialisation of the 3x3 convolutions (fan out = 9 · channels), batch norms start as the identity.
+    first = stem.convolutions[0][0].weight
+    assert abs(first.std().item() - (2 / (9 * 8)) ** 0.5) < 0.03
+    assert all(torch.equal(norm.weight, torch.ones_like(norm.weight)) for _, norm, _ in stem.convolutions)
+
+
+def test_a_convolutional_stem_saves_and_loads_its_batch_norm_statistics(tmp_path):
+    model = tiny_vit(patch_embedding="convolutional", pooling="mean").train()
+    model(pixels(batch=4))  # updates the running statistics
+    model.eval()
+    expected = model(pixels()).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    norm = loaded.vit.embeddings.patch_embeddings.convolutions[0][1]
+    assert int(norm.num_batches_tracked) == 1 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+    torch.testing.assert_close(loaded(pixels()).logits, expected)
+    # Another size: the token grid is ceil(size / patch), the positions are resized to it.
+    assert loaded(pixels(height=44, width=36), interpolate_pos_encoding=True).logits.shape == (2, 3)

@@ -22,6 +22,7 @@ from .config_checks import (
 from .remote_code import ModelTypeCheckMixin, register_model_type
 
 POOLINGS = ("cls", "mean")
+PATCH_EMBEDDINGS = ("linear", "convolutional")
 VIT_POSITION_EMBEDDINGS = ("learned", "rotary")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -30,8 +31,15 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
     """Every architectural choice of the ViT is a field; the defaults are ViT-B/16 at 224x224 pixels.
 
     Args:
-        image_size: side of the (square) input image in pixels; must be divisible by ``patch_size``.
+        image_size: side of the (square) input image in pixels; must be divisible by ``patch_size`` (linear patches).
         patch_size: side of the square patches that become tokens ((image_size / patch_size)² of them).
+        patch_embedding: how a patch becomes a token: "linear" (paper: one shared linear map of its pixels) or
+            "convolutional" (the stem of "Early Convolutions Help Transformers See Better", Xiao et al. 2021:
+            log2(patch_size) 3x3 stride-2 convolutions, each with batch norm and ReLU, doubling the channels from
+            ``stem_channels``, then a 1x1 convolution to d_model). patch_size must then be a power of 2; the image
+            is padded at the edges, so the token grid is ceil(image_size / patch_size) on a side.
+        stem_channels: output channels of the convolutional stem's first convolution; None: as in the paper, so
+            that the last 3x3 convolution has d_model channels (d_model / 2^(log2(patch_size) - 1)).
         num_channels: channels of the input image (3 for RGB, 1 for grayscale).
         d_model: width of every residual stream (ViT's "hidden size").
         num_layers: number of stacked encoder layers.
@@ -69,6 +77,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self,
         image_size: int = 224,
         patch_size: int = 16,
+        patch_embedding: str = "linear",
+        stem_channels: Optional[int] = None,
         num_channels: int = 3,
         d_model: int = 768,
         num_layers: int = 12,
@@ -93,6 +103,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
     ):
         self.image_size = image_size
         self.patch_size = patch_size
+        self.patch_embedding = patch_embedding
+        self.stem_channels = stem_channels
         self.num_channels = num_channels
         self.d_model = d_model
         self.num_layers = num_layers
@@ -119,13 +131,35 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
     @property
     def num_patches(self) -> int:
         """Number of patch tokens of an ``image_size`` image (the [CLS] token comes on top)."""
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid_size(self.image_size) ** 2
+
+    def stem_widths(self) -> list[int]:
+        """Output channels of the convolutional stem's 3x3 convolutions, one per halving of the resolution."""
+        convolutions = self.patch_size.bit_length() - 1
+        first = self.stem_channels or max(1, self.d_model // 2 ** (convolutions - 1))
+        return [first * 2**i for i in range(convolutions)]
+
+    def grid_size(self, pixels: int) -> int:
+        """Patches along a side of ``pixels`` pixels: whole patches only for linear patches; the convolutional
+        stem pads, so a partial patch at the edge counts."""
+        if self.patch_embedding == "convolutional":
+            return -(-pixels // self.patch_size)
+        return pixels // self.patch_size
 
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field and the allowed values for any invalid setting."""
         for name in ("image_size", "patch_size", "num_channels", "d_model", "num_layers", "num_heads", "ffn_dim"):
             check_positive(name, getattr(self, name))
-        if self.image_size % self.patch_size:
+        if self.stem_channels is not None:
+            check_positive("stem_channels", self.stem_channels)
+        check_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
+        if self.patch_embedding == "convolutional":
+            if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
+                raise ValueError(
+                    f"patch_embedding='convolutional' needs a power of 2 as patch_size (each stride-2 convolution "
+                    f"halves the resolution), got patch_size={self.patch_size}; e.g. 8 for 28x28 images."
+                )
+        elif self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size={self.image_size} must be divisible by patch_size={self.patch_size} "
                 "(the image is cut into whole patches)."

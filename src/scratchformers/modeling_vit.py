@@ -1,6 +1,7 @@
 """The Vision Transformer of the notes, written from scratch, living natively in transformers 5.
 
-image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (PatchEmbedding) -> prepend a learned
+image [B, C, H, W] -> non-overlapping P x P patches, each linearly embedded (PatchEmbedding; or a convolutional
+stem, ConvolutionalStem, with ``patch_embedding="convolutional"``) -> prepend a learned
 [CLS] token -> add learned position embeddings -> N pre-norm encoder layers (multi-head self-attention and MLP,
 each in add & norm, with stochastic depth) -> final norm -> pool ([CLS] or mean of the patches) -> linear classifier.
 
@@ -45,7 +46,8 @@ class PatchEmbedding(nn.Module):
         self.patch_size = config.patch_size
         self.projection = nn.Conv2d(config.num_channels, config.d_model, kernel_size=config.patch_size, stride=config.patch_size)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def check_pixels(self, pixel_values: torch.Tensor) -> None:
+        """Refuse what is not an image batch of the model's channel count, at least one patch in size."""
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must have shape [batch, channels, height, width], got {tuple(pixel_values.shape)}."
@@ -58,7 +60,37 @@ class PatchEmbedding(nn.Module):
             )
         if height < self.patch_size or width < self.patch_size:
             raise ValueError(f"The image ({height}x{width}) is smaller than one patch ({self.patch_size}x{self.patch_size}).")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.check_pixels(pixel_values)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ConvolutionalStem(PatchEmbedding):
+    """Xiao et al. 2021's replacement of the patch projection: log2(P) 3x3 stride-2 convolutions (each followed by
+    batch norm and ReLU, channels doubling from ``stem_channels``), then a 1x1 convolution to d_model.
+
+    Each convolution halves the resolution (padding 1: ceil(H / 2)), so after log2(P) of them one position of the
+    feature map is one token, as for a P x P patch; but each token now sees overlapping neighbourhoods through
+    small filters, the locality that a linear patch projection leaves the transformer to learn. Output:
+    ``[B, ceil(H/P)·ceil(W/P), d_model]`` in row-major order, like ``PatchEmbedding``.
+    """
+
+    def __init__(self, config: ScratchViTConfig):
+        nn.Module.__init__(self)
+        self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        widths = [config.num_channels] + config.stem_widths()
+        self.convolutions = nn.Sequential(*(
+            nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm2d(c_out), nn.ReLU())
+            for c_in, c_out in zip(widths, widths[1:])
+        ))
+        self.projection = nn.Conv2d(widths[-1], config.d_model, kernel_size=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.check_pixels(pixel_values)
+        return self.projection(self.convolutions(pixel_values)).flatten(2).transpose(1, 2)
 
 
 class ScratchViTEmbeddings(nn.Module):
@@ -67,8 +99,8 @@ class ScratchViTEmbeddings(nn.Module):
     def __init__(self, config: ScratchViTConfig):
         super().__init__()
         self.image_size = config.image_size
-        self.patch_size = config.patch_size
-        self.patch_embeddings = PatchEmbedding(config)
+        self.grid_size = config.grid_size
+        self.patch_embeddings = ConvolutionalStem(config) if config.patch_embedding == "convolutional" else PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model))
         self.position_embeddings = None  # rotary positions act inside self-attention instead
         if config.position_embedding == "learned":
@@ -81,8 +113,8 @@ class ScratchViTEmbeddings(nn.Module):
         The [CLS] position is kept as is; the (image_size/P)² grid of patch positions is treated as a d_model-channel
         image and resized to (height/P, width/P), as in DINO and Hugging Face's ViT.
         """
-        grid_height, grid_width = height // self.patch_size, width // self.patch_size
-        trained_grid = self.image_size // self.patch_size
+        grid_height, grid_width = self.grid_size(height), self.grid_size(width)
+        trained_grid = self.grid_size(self.image_size)
         if grid_height == trained_grid and grid_width == trained_grid:
             return self.position_embeddings
         cls_position = self.position_embeddings[:, :1]
@@ -166,16 +198,24 @@ class ScratchViTPreTrainedModel(ScratchPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear layers and norms as in ``layers.init_weights``; patch projection, [CLS] and positions likewise."""
+        """Linear layers and norms as in ``layers.init_weights``; [CLS] and positions truncated normal(init_std);
+        the convolutional stem's 3x3 convolutions He-normal (they feed ReLUs), its batch norms the identity.
+
+        The patch projection (a Conv2d) keeps torch's own initialisation, uniform with a bound of 1/sqrt(C·P·P):
+        transformers initialises only modules that hold parameters themselves, so an init written for
+        ``PatchEmbedding`` (whose weights belong to its Conv2d) never ran, and the published defaults were
+        trained with torch's. Everything of the embeddings is therefore set here, where the parameters are."""
         std = self.config.init_std
         super()._init_weights(module)
-        if isinstance(module, PatchEmbedding):
-            nn.init.trunc_normal_(module.projection.weight, std=std, a=-2 * std, b=2 * std)
-            nn.init.zeros_(module.projection.bias)
-        elif isinstance(module, ScratchViTEmbeddings):
+        if isinstance(module, ScratchViTEmbeddings):
             nn.init.trunc_normal_(module.cls_token, std=std, a=-2 * std, b=2 * std)
             if module.position_embeddings is not None:
                 nn.init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
+            if isinstance(module.patch_embeddings, ConvolutionalStem):
+                for convolution, norm, _ in module.patch_embeddings.convolutions:
+                    nn.init.kaiming_normal_(convolution.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.ones_(norm.weight)
+                    nn.init.zeros_(norm.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual and, unless the directory already has one, the default image processor

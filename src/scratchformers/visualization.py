@@ -293,6 +293,8 @@ def plot_vit_attention(
     patch_size = model.config.patch_size
     patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     grid_h, grid_w = pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
+    if hasattr(model.config, "grid_size"):  # ours: a convolutional stem also counts a partial patch at the edge
+        grid_h, grid_w = model.config.grid_size(pixel_values.shape[-2]), model.config.grid_size(pixel_values.shape[-1])
     prefix = rollout.shape[-1] - grid_h * grid_w  # [CLS] (and any other extra tokens) come first
     if prefix < 1:
         raise ValueError(f"Expected a [CLS] token before the {grid_h * grid_w} patch tokens, got {rollout.shape[-1]} tokens.")
