@@ -1,4 +1,5 @@
-"""Dynamic int8 (``torch.ao.quantization.quantize_dynamic``) on both trained models agrees with fp32."""
+"""Dynamic int8 on both trained models agrees with fp32: ``torch.ao.quantization.quantize_dynamic`` after loading,
+and ours (``scratchformers.quantize_int8``), which saves and loads as int8."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from torch import nn
 
 import scratchformers as sf
 
-from conftest import tiny_transformer_config
+from safetensors import safe_open
+from transformers import AutoModelForImageClassification, AutoModelForSeq2SeqLM, pipeline
+
+from conftest import run_without_package, tiny_transformer_config
+from scratchformers.quantization import Int8Linear
+from translation_fixtures import make_translation_model
 from test_modeling_transformer_learning import LENGTH, VOCAB, copy_batch, train_to_copy
-from vit_fixtures import tiny_vit
+from vit_fixtures import pixels, random_image, tiny_vit
 
 
 def quantize(model: nn.Module) -> nn.Module:
@@ -67,3 +73,96 @@ def test_int8_vit_classifies_like_fp32():
     assert (fp32_logits.argmax(-1) == labels).float().mean() > 0.9  # trained
     assert torch.equal(int8_logits.argmax(-1), fp32_logits.argmax(-1))
     torch.testing.assert_close(int8_logits, fp32_logits, atol=0.1 * fp32_logits.abs().max().item(), rtol=0)
+
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_is_torch_ao_per_channel_dynamic_quantization(bias):
+    """The same int8 weights and the same outputs as torch.ao's per-channel dynamic Linear, for 2-D and 3-D inputs."""
+    reference_config = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+    for seed in range(5):
+        torch.manual_seed(seed)
+        linear = nn.Linear(96, 40, bias=bias)
+        ours = Int8Linear.from_float(linear)
+        theirs = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), reference_config, dtype=torch.qint8)[0]
+        assert torch.equal(ours.weight, theirs.weight().int_repr())
+        assert torch.equal(ours.weight_scale, theirs.weight().q_per_channel_scales().float())
+        for x in (torch.randn(7, 96), torch.randn(2, 5, 96)):
+            with torch.no_grad():
+                assert torch.equal(ours(x), theirs(x))
+        assert (ours.dequantized_weight() - linear.weight).abs().max() <= ours.weight_scale.max() / 2 + 1e-7
+
+
+def test_int8_linear_passes_gradients_to_its_input_only():
+    torch.manual_seed(0)
+    layer = Int8Linear.from_float(nn.Linear(16, 8))
+    x = torch.randn(3, 16, requires_grad=True)
+    direction = torch.randn(3, 8)
+    (layer(x) * direction).sum().backward()
+    torch.testing.assert_close(x.grad, direction @ layer.dequantized_weight())
+    assert list(layer.parameters()) == []  # frozen: weights, scales and bias are buffers
+
+
+def int8_tensors(directory) -> dict[str, torch.dtype]:
+    with safe_open(str(directory / "model.safetensors"), "pt") as weights:
+        return {name: weights.get_slice(name).get_dtype() for name in weights.keys()}
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_a_saved_int8_translation_model_loads_as_int8_and_decodes_the_same(tmp_path, tie_word_embeddings):
+    model, tokenizer = make_translation_model(tie_word_embeddings=tie_word_embeddings)
+    fp32_size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    sources = tokenizer(["the red cat sat", "le chien grand a dormi"], return_tensors="pt", padding=True)
+    int8 = sf.quantize_int8(copy.deepcopy(model))
+    linears = [m for m in int8.modules() if isinstance(m, nn.Linear)]
+    # A tied LM head stays the float embedding table; an untied one is int8 like every other linear layer.
+    assert linears == ([int8.lm_head] if tie_word_embeddings else [])
+    assert not tie_word_embeddings or int8.lm_head.weight is int8.model.shared.weight
+    expected = {search: int8.generate(**sources, max_new_tokens=8, **dict(search)) for search in ((), (("num_beams", 3),))}
+
+    int8.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    dtypes = int8_tensors(tmp_path)
+    assert dtypes["model.encoder.layers.0.self_attn.q_proj.weight"] == "I8"
+    assert dtypes["model.encoder.layers.0.self_attn.q_proj.weight_scale"] == "F32"
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.6 * fp32_size
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert loaded.config.quantization == "int8"
+    assert sum(isinstance(m, Int8Linear) for m in loaded.modules()) == sum(isinstance(m, Int8Linear) for m in int8.modules())
+    for search, output in expected.items():
+        assert torch.equal(loaded.generate(**sources, max_new_tokens=8, **dict(search)), output)
+    # Alone, not in a padded batch: the activations' int8 scale is taken over the whole input of a call.
+    alone = int8.generate(**tokenizer(["the red cat sat"], return_tensors="pt"), max_new_tokens=8)
+    translator = pipeline("translation", model=str(tmp_path), trust_remote_code=True)
+    assert translator("the red cat sat", max_new_tokens=8, num_beams=1)[0]["translation_text"] == tokenizer.decode(
+        alone[0], skip_special_tokens=True)
+
+
+def test_a_saved_int8_vit_classifies_like_before_saving_also_as_remote_code(tmp_path):
+    int8 = sf.quantize_int8(tiny_vit())
+    with torch.no_grad():
+        expected = int8(pixels()).logits
+    int8.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels()).logits, expected)
+    classifier = pipeline("image-classification", model=str(tmp_path), trust_remote_code=True)
+    assert len(classifier(random_image(32, 32), top_k=3)) == 3
+    # A machine without the package reads the saved code, which builds the same int8 layers.
+    result = run_without_package(
+        f"import torch\nfrom transformers import AutoModelForImageClassification\n"
+        f"m = AutoModelForImageClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
+        f"print(type(m.vit.layers[0].self_attn.q_proj).__name__)\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "Int8Linear"
+
+
+def test_int8_refusals_name_the_problem():
+    int8 = sf.quantize_int8(tiny_vit())
+    with pytest.raises(ValueError, match="already int8"):
+        sf.quantize_int8(int8)
+    with pytest.raises(ValueError, match="quantization='int4' is not supported"):
+        sf.ScratchViTConfig(quantization="int4")
+    from scratchformers.export_ct2 import check_exportable
+    with pytest.raises(ValueError, match="quantization='int8'.*export the float32 model"):
+        check_exportable(sf.ScratchTransformerConfig(quantization="int8"))

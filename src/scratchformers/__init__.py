@@ -31,6 +31,7 @@ from .modeling_transformer import (
 from .modeling_vit import ScratchViTForImageClassification, ScratchViTModel, ScratchViTPreTrainedModel
 from .pipeline_image_classification import ImageClassificationPipeline
 from .pipeline_translation import TranslationPipeline, translation_languages
+from .quantization import Int8Linear, quantize_int8
 from .tokenization import train_tokenizer
 from .visualization import plot_attention, plot_vit_attention
 
@@ -100,4 +101,6 @@ __all__ = [
     "vit_to_scratch",
     "plot_attention",
     "plot_vit_attention",
+    "quantize_int8",
+    "Int8Linear",
 ]

@@ -14,6 +14,7 @@ ATTENTION_SCORINGS = ("scaled_dot", "additive")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned", "rotary")
 # "reference": the layers of layers.py composed as the notes write them; "fast": the exact rewrites of rewrites.py.
 FORWARD_IMPLEMENTATIONS = ("reference", "fast")
+QUANTIZATIONS = (None, "int8")  # quantization.py: int8 linear layers, saved and loaded as such
 
 
 def check_choice(name: str, value, allowed) -> None:

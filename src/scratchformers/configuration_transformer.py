@@ -8,6 +8,7 @@ from transformers import PreTrainedConfig
 
 from .config_checks import (
     FORWARD_IMPLEMENTATIONS,
+    QUANTIZATIONS,
     ACTIVATIONS,
     ATTENTION_SCORINGS,
     NORM_POSITIONS,
@@ -52,6 +53,8 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         label_smoothing: ε of label-smoothed cross-entropy (paper: 0.1).
         forward_implementation: "reference" (default) runs the layers of ``layers.py`` as composed in the notes;
             "fast" runs their exact rewrites (``rewrites.py``: same outputs and gradients, less work).
+        quantization: None (float weights) or "int8": every linear layer but a tied LM head holds int8 weights
+            (``quantization.quantize_int8``, CPU inference); set by that function, read when loading a saved model.
         init_std: standard deviation of the normal initialisation.
     """
 
@@ -91,6 +94,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
         forward_implementation: str = "reference",
+        quantization: Optional[str] = None,
         pad_token_id: int = 0,
         bos_token_id: int = 1,
         eos_token_id: int = 2,
@@ -124,6 +128,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.forward_implementation = forward_implementation
+        self.quantization = quantization
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -147,6 +152,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
         check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)
+        check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         check_choice("attention_scoring", self.attention_scoring, ATTENTION_SCORINGS)
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):

@@ -8,6 +8,7 @@ from transformers import PreTrainedConfig
 
 from .config_checks import (
     FORWARD_IMPLEMENTATIONS,
+    QUANTIZATIONS,
     ACTIVATIONS,
     NORM_POSITIONS,
     NORM_TYPES,
@@ -61,6 +62,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         label_smoothing: ε of label-smoothed cross-entropy for single-label classification.
         forward_implementation: "reference" (default) runs the layers of ``layers.py`` as composed in the notes;
             "fast" runs their exact rewrites (``rewrites.py``: same outputs and gradients, less work).
+        quantization: None (float weights) or "int8": every linear layer but a tied LM head holds int8 weights
+            (``quantization.quantize_int8``, CPU inference); set by that function, read when loading a saved model.
         init_std: standard deviation of the (truncated) normal initialisation.
         num_labels / id2label / label2id / problem_type: the usual classification fields of ``PreTrainedConfig``.
     """
@@ -99,6 +102,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
         forward_implementation: str = "reference",
+        quantization: Optional[str] = None,
         **kwargs,
     ):
         self.image_size = image_size
@@ -125,6 +129,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.forward_implementation = forward_implementation
+        self.quantization = quantization
         super().__init__(**kwargs)
         self.validate_architecture()
 
@@ -172,6 +177,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
         check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)
+        check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         for name in ("dropout", "attention_dropout", "drop_path_rate", "label_smoothing"):
             check_probability(name, getattr(self, name))

@@ -98,6 +98,9 @@ def check_exportable(config: ScratchTransformerConfig) -> None:
             f"Cannot export to CTranslate2: {field}={getattr(config, field)!r} {why}; supported: {supported}."
         )
 
+    if getattr(config, "quantization", None) is not None:
+        refuse("quantization", "(our int8 layers) is not a float model CTranslate2 can read", "None: export the "
+               "float32 model and let CTranslate2 quantize it (--quantization int8)")
     if config.attention_scoring != "scaled_dot":
         refuse("attention_scoring", "is not an attention CTranslate2 computes", "'scaled_dot'")
     if config.qk_norm:

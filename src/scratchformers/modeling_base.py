@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from .layers import cross_entropy as reference_cross_entropy, init_weights
 from .rewrites import cross_entropy as fast_cross_entropy, is_fast
+from .quantization import replace_linears
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 
 
@@ -24,6 +25,13 @@ class ScratchPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedMod
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         init_weights(module, self.config.init_std)
+
+    def post_init(self) -> None:
+        """transformers' post_init; first, for an int8 config (a saved ``quantize_int8`` model), the int8 linear
+        layers that its checkpoint holds, so that ``from_pretrained`` and pipelines load it as it was saved."""
+        if getattr(self.config, "quantization", None) == "int8":
+            replace_linears(self, convert=False)
+        super().post_init()
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
