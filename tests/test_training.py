@@ -118,6 +118,20 @@ def test_the_image_recipe_is_the_default_of_images_only():
     assert (data_args.random_rotation, data_args.random_translate, data_args.random_scale) == (0.0, 0.0, 0.0)
 
 
+def test_config_overrides_also_set_fields_that_default_to_none():
+    import scratchformers as sf
+    from task_setup import apply_config_overrides  # training/, on sys.path once run.py is loaded
+
+    config = apply_config_overrides(
+        sf.ScratchViTConfig(image_size=28, patch_size=7, num_heads=4, d_model=64),
+        "patch_embedding=convolutional,patch_size=8,stem_channels=16,num_key_value_heads=2,dropout=0.1",
+    )
+    assert (config.patch_embedding, config.patch_size, config.stem_channels) == ("convolutional", 8, 16)
+    assert (config.num_key_value_heads, config.dropout) == (2, 0.1)
+    with pytest.raises(ValueError, match="stem_channels must be a positive integer, got 'many'"):
+        apply_config_overrides(sf.ScratchViTConfig(), "patch_embedding=convolutional,stem_channels=many")
+
+
 def test_auto_augmentation_follows_the_epochs_a_run_sees():
     import image_task  # training/, on sys.path once run.py is loaded
 

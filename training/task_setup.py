@@ -51,13 +51,40 @@ def apply_config_overrides(config, overrides: Optional[str]):
     if not overrides:
         return config
     logger.info(f"Overriding config: {overrides}")
+    # transformers types each value after the field's current one, which says nothing for a field that is None
+    # (num_key_value_heads, stem_channels ...): those take an int, a float or true/false, else the text itself.
+    typed, unset = [], {}
+    for pair in overrides.split(","):
+        key, _, value = pair.partition("=")
+        if getattr(config, key.strip(), 0) is None:
+            unset[key.strip()] = parse_unset_value(value.strip())
+        else:
+            typed.append(pair)
     try:
-        config.update_from_string(overrides)
+        if typed:
+            config.update_from_string(",".join(typed))
     except ValueError as error:
         raise ValueError(f"--config_overrides {overrides!r}: {error}") from error
+    for key, value in unset.items():
+        setattr(config, key, value)
     if hasattr(config, "validate_architecture"):
         config.validate_architecture()
     return config
+
+
+def parse_unset_value(text: str):
+    """An override's value for a field without a type to go by: int, float, true/false, none, or the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
 
 
 def check_architecture_flags(model_args, resume_from: Optional[str]) -> None:
