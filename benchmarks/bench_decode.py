@@ -14,7 +14,9 @@ batch of ``--batch`` random sources of ``--src-len`` tokens to exactly ``--new-t
 counterpart of, is cleared for both torch models), greedy and beam-4:
 
 - ``ours_fp32``: ``generate`` with ``config.forward_implementation`` = ``--forward-implementation``;
-- ``ours_int8`` / ``hf_int8``: ``torch.ao.quantization.quantize_dynamic(copy, {nn.Linear}, dtype=torch.qint8)``;
+- ``ours_int8``: ``scratchformers.quantize_int8(copy)`` (per-channel int8 weights, activations quantized per call;
+  saved and loaded as int8); ``hf_int8``: the same scheme by ``torch.ao.quantization.quantize_dynamic`` with
+  ``per_channel_dynamic_qconfig`` (Int8Linear equals it), a tied LM head left float in both;
 - ``ours_bf16``: ``generate`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``, where ``/proc/cpuinfo`` lists
   ``amx_bf16`` or ``avx512_bf16`` (elsewhere bf16 is emulated and skipped, unless ``--bf16`` forces it);
 - ``ours_compiled`` (``--compile``): ``torch.compile`` of the model's ``forward``; a failure is reported, not raised;
@@ -57,6 +59,8 @@ from _common import (  # noqa: E402
 from bench_seq2seq import EOS, PAD, SIZES, build_models, generate_fn, make_batch  # noqa: E402
 
 from scratchformers.precision import native_bf16_cpu, native_bf16_reason  # noqa: E402
+from scratchformers.modeling_base import ScratchPreTrainedModel  # noqa: E402
+from scratchformers.quantization import quantize_int8  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -91,8 +95,14 @@ def cpu_model() -> str:
 
 
 def int8(model: nn.Module) -> nn.Module:
-    """The README's dynamic int8: every ``nn.Linear`` of a copy, int8 weights, activations quantized per call."""
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    """Dynamic int8 of a copy: ours by the README's ``quantize_int8``; another model (Marian) by torch.ao with the
+    same per-channel scheme, its LM head left float where it is tied to the embeddings, as ours is."""
+    if isinstance(model, ScratchPreTrainedModel):
+        return quantize_int8(copy.deepcopy(model))
+    spec = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+    if getattr(model.config, "tie_word_embeddings", False):
+        spec["lm_head"] = None
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 
 def compiled(model: nn.Module) -> nn.Module:

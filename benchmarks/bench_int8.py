@@ -7,7 +7,7 @@
 trained model was held out from. The engines, all from the one saved model:
 
 - ``ours_fp32``: ``AutoModelForSeq2SeqLM.from_pretrained(--model)`` with ``config.forward_implementation`` =
-  ``--forward-implementation``; ``ours_int8``: the README's ``torch.ao.quantization.quantize_dynamic`` of it;
+  ``--forward-implementation``; ``ours_int8``: the README's ``scratchformers.quantize_int8`` of it;
 - ``ct2_fp32`` / ``ct2_int8``: ``scratchformers.export_ct2`` of it (``quantization=None`` / ``"int8"``), run by
   ``ctranslate2.Translator(device="cpu", intra_threads=--threads)``; skipped (keys null) without ``ctranslate2``.
 
