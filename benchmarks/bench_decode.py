@@ -16,7 +16,7 @@ counterpart of, is cleared for both torch models), greedy and beam-4:
 - ``ours_fp32``: ``generate`` with ``config.forward_implementation`` = ``--forward-implementation``;
 - ``ours_int8``: ``scratchformers.quantize_int8(copy)`` (per-channel int8 weights, activations quantized per call;
   saved and loaded as int8); ``hf_int8``: the same scheme by ``torch.ao.quantization.quantize_dynamic`` with
-  ``per_channel_dynamic_qconfig`` (Int8Linear equals it), a tied LM head left float in both;
+  ``per_channel_dynamic_qconfig`` (Int8Linear equals it); every linear layer, the LM head included, in both;
 - ``ours_bf16``: ``generate`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``, where ``/proc/cpuinfo`` lists
   ``amx_bf16`` or ``avx512_bf16`` (elsewhere bf16 is emulated and skipped, unless ``--bf16`` forces it);
 - ``ours_compiled`` (``--compile``): ``torch.compile`` of the model's ``forward``; a failure is reported, not raised;
@@ -96,12 +96,10 @@ def cpu_model() -> str:
 
 def int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 of a copy: ours by the README's ``quantize_int8``; another model (Marian) by torch.ao with the
-    same per-channel scheme, its LM head left float where it is tied to the embeddings, as ours is."""
+    same per-channel scheme."""
     if isinstance(model, ScratchPreTrainedModel):
         return quantize_int8(copy.deepcopy(model))
     spec = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
-    if getattr(model.config, "tie_word_embeddings", False):
-        spec["lm_head"] = None
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 

@@ -114,10 +114,11 @@ def test_a_saved_int8_translation_model_loads_as_int8_and_decodes_the_same(tmp_p
     fp32_size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     sources = tokenizer(["the red cat sat", "le chien grand a dormi"], return_tensors="pt", padding=True)
     int8 = sf.quantize_int8(copy.deepcopy(model))
-    linears = [m for m in int8.modules() if isinstance(m, nn.Linear)]
-    # A tied LM head stays the float embedding table; an untied one is int8 like every other linear layer.
-    assert linears == ([int8.lm_head] if tie_word_embeddings else [])
-    assert not tie_word_embeddings or int8.lm_head.weight is int8.model.shared.weight
+    assert not any(isinstance(m, nn.Linear) for m in int8.modules())
+    # A tied LM head becomes an int8 copy of the table; the lookup keeps the float table.
+    assert isinstance(int8.lm_head, Int8Linear) and not int8.config.tie_word_embeddings
+    torch.testing.assert_close(int8.lm_head.dequantized_weight(), model.lm_head.weight, atol=0.01, rtol=0)
+    assert torch.equal(int8.model.shared.weight, model.model.shared.weight)
     expected = {search: int8.generate(**sources, max_new_tokens=8, **dict(search)) for search in ((), (("num_beams", 3),))}
 
     int8.save_pretrained(tmp_path)
@@ -129,6 +130,7 @@ def test_a_saved_int8_translation_model_loads_as_int8_and_decodes_the_same(tmp_p
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
     assert loaded.config.quantization == "int8"
     assert sum(isinstance(m, Int8Linear) for m in loaded.modules()) == sum(isinstance(m, Int8Linear) for m in int8.modules())
+    assert torch.equal(loaded.model.shared.weight, model.model.shared.weight) and not loaded.config.tie_word_embeddings
     for search, output in expected.items():
         assert torch.equal(loaded.generate(**sources, max_new_tokens=8, **dict(search)), output)
     # Alone, not in a padded batch: the activations' int8 scale is taken over the whole input of a call.

@@ -53,7 +53,7 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
         label_smoothing: ε of label-smoothed cross-entropy (paper: 0.1).
         forward_implementation: "reference" (default) runs the layers of ``layers.py`` as composed in the notes;
             "fast" runs their exact rewrites (``rewrites.py``: same outputs and gradients, less work).
-        quantization: None (float weights) or "int8": every linear layer but a tied LM head holds int8 weights
+        quantization: None (float weights) or "int8": every linear layer holds int8 weights
             (``quantization.quantize_int8``, CPU inference); set by that function, read when loading a saved model.
         init_std: standard deviation of the normal initialisation.
     """

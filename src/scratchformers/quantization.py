@@ -7,10 +7,9 @@ scheme of ``torch.ao.quantization.quantize_dynamic`` and of CTranslate2's int8).
 and ``from_pretrained`` / ``pipeline(...)`` build the same layers from the config before loading them, so a saved
 int8 model loads as int8 with no extra argument.
 
-A language-model head tied to the input embeddings stays float32: its matrix is also the embedding table, which a
-lookup reads in full precision (Hugging Face's quantizers keep the output embeddings unconverted for the same
-reason). The int8 weights are frozen (gradients reach the inputs, not the weights): train the float32 model, then
-quantize it.
+A language-model head tied to the input embeddings gets its own int8 copy of their matrix (the embedding lookup keeps
+the float32 table), and the config records the two as untied. The int8 weights are frozen (gradients reach the
+inputs, not the weights): train the float32 model, then quantize it.
 
 This module imports nothing from its package: saved checkpoints carry a copy of it next to the modeling code.
 """
@@ -92,22 +91,11 @@ class Int8LinearFunction(torch.autograd.Function):
         return (grad_output.float() @ ctx.layer.dequantized_weight()).to(grad_output.dtype), None
 
 
-def tied_output_embeddings(model: nn.Module) -> Optional[nn.Module]:
-    """The LM head when it shares its weight with the input embeddings, else None."""
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if get_output is not None else None
-    config = getattr(model, "config", None)
-    if head is None or not getattr(config, "tie_word_embeddings", False):
-        return None
-    return head
-
-
 def replace_linears(model: nn.Module, convert: bool) -> int:
-    """Swap every ``nn.Linear`` of ``model`` (but a tied LM head) for an ``Int8Linear``: quantized from its weight
-    when ``convert``, else an empty one of the same shape (weights to come from a checkpoint). Returns the count."""
-    keep = tied_output_embeddings(model)
+    """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear``: quantized from its weight when ``convert``,
+    else an empty one of the same shape (weights to come from a checkpoint). Returns the count."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear and child is not keep]
+             if type(child) is nn.Linear]
     for parent, name, linear in swaps:
         if convert:
             layer = Int8Linear.from_float(linear)
@@ -124,6 +112,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise ValueError("The model is already int8.")
     if next((p for p in model.parameters() if p.device.type != "cpu"), None) is not None:
         raise ValueError("quantize_int8 is CPU dynamic quantization: move the model to the CPU first (model.cpu()).")
+    # A tied LM head gets its own int8 copy of the embedding table, which the lookup keeps reading in float32;
+    # untied in the config, so that saving writes both and loading does not tie the int8 copy back to the table.
+    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        model.config.tie_word_embeddings = False
     replace_linears(model, convert=True)
     model.config.quantization = "int8"
     return model.eval()
