@@ -62,6 +62,10 @@ class Int8Linear(nn.Module):
                                "for other devices (int8 here is CPU dynamic quantization).")
         if torch.is_grad_enabled() and x.requires_grad:
             return Int8LinearFunction.apply(x, self)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """The int8 kernel's ``x Wᵀ + b``, activations in 7 bits (``reduce_range=True``, as torch.ao's dynamic Linear)."""
         return torch.ops.quantized.linear_dynamic(x.float(), self.packed_weight(), True).to(x.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -84,16 +88,16 @@ class Int8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: Int8Linear) -> torch.Tensor:
         ctx.layer = layer
-        return torch.ops.quantized.linear_dynamic(x.float(), layer.packed_weight(), True).to(x.dtype)
+        return layer.product(x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         return (grad_output.float() @ ctx.layer.dequantized_weight()).to(grad_output.dtype), None
 
 
-def replace_linears(model: nn.Module, convert: bool) -> int:
+def replace_linears(model: nn.Module, convert: bool) -> None:
     """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear``: quantized from its weight when ``convert``,
-    else an empty one of the same shape (weights to come from a checkpoint). Returns the count."""
+    else an empty one of the same shape (weights to come from a checkpoint)."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if type(child) is nn.Linear]
     for parent, name, linear in swaps:
@@ -102,7 +106,6 @@ def replace_linears(model: nn.Module, convert: bool) -> int:
         else:
             layer = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
         setattr(parent, name, layer)
-    return len(swaps)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
