@@ -139,9 +139,9 @@ def test_auto_augmentation_follows_the_epochs_a_run_sees():
         return run.parse_args(["--task", "image-classification", *flags])[2]
 
     mnist_5k, fashion = 4000, 55000
-    assert image_task.augments("auto", args(), mnist_5k)  # 6000 x 64 images: 96 epochs
-    assert not image_task.augments("auto", args(), fashion)  # 7.0 epochs
-    assert image_task.augments("auto", args("--gradient_accumulation_steps", "3"), fashion)  # 21 epochs
+    assert image_task.augments("auto", args(), mnist_5k)  # 6500 x 64 images: 104 epochs
+    assert not image_task.augments("auto", args(), fashion)  # 7.6 epochs
+    assert image_task.augments("auto", args("--gradient_accumulation_steps", "3"), fashion)  # 23 epochs
     assert image_task.augments("auto", args("--num_train_epochs", "10"), fashion)
     assert not image_task.augments("auto", args("--num_train_epochs", "9"), mnist_5k)
     assert image_task.augments("always", args(), fashion) and not image_task.augments("never", args(), mnist_5k)

@@ -161,7 +161,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         predict_with_generate=True, generation_num_beams=1, train_sampling_strategy="group_by_length",
     ),
     "image-classification": dict(
-        COMMON_DEFAULTS, output_dir="outputs/image-classification", max_steps=6000, eval_steps=1000, save_steps=1000,
+        COMMON_DEFAULTS, output_dir="outputs/image-classification", max_steps=6500, eval_steps=1300, save_steps=1300,
         logging_steps=50, per_device_train_batch_size=64, per_device_eval_batch_size=128, learning_rate=2e-3,
         metric_for_best_model="accuracy", remove_unused_columns=False, label_smoothing_factor=0.1,
         random_rotation=10.0, random_translate=0.1, random_scale=0.1,
