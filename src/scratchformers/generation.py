@@ -432,9 +432,12 @@ class _BeamSearch:
         diversity_penalty: float,
         constraints: list[Constraint],
         model_kwargs: dict,
+        decoder=None,
     ):
         config = generation_config
         self.model, self.model_kwargs, self.generation_config = model, model_kwargs, config
+        # What computes each step's logits: the model's forward with its cache (None), or a fast_decoding.FastDecoder.
+        self.decoder = decoder
         self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
         self.synced_gpus = synced_gpus
         self.num_groups, self.diversity_penalty, self.constraints = num_groups, diversity_penalty, constraints
@@ -484,6 +487,11 @@ class _BeamSearch:
         first = True
         while self.model._has_unfinished_sequences(this_peer_finished, self.synced_gpus, device=self.device):
             flat_sequences = self.sequences[:, :, : self.cur_len].flatten(0, 1)
+            if self.decoder is not None:
+                logits = self.decoder.step(flat_sequences[:, -1])
+                log_probs = self.logits_processor(flat_sequences, nn.functional.log_softmax(logits, dim=-1))
+                this_peer_finished = self._step(log_probs)
+                continue
             outputs = _forward(self.model, flat_sequences, self.model_kwargs, self.generation_config, first)
             first = False
             self.model_kwargs = self.model._update_model_kwargs_for_generation(
@@ -595,7 +603,10 @@ class _BeamSearch:
         self.scores = torch.cat([group.scores for group in groups], dim=1)
         self.origins = torch.cat([group.origins for group in groups], dim=1)
         parent_rows = torch.cat([group.parent_rows for group in groups], dim=1).reshape(-1)
-        _reorder_cache(self.model, self.model_kwargs, parent_rows)
+        if self.decoder is not None:
+            self.decoder.reorder(parent_rows)
+        else:
+            _reorder_cache(self.model, self.model_kwargs, parent_rows)
         self.cur_len += 1
 
     def _update_can_improve(self) -> None:

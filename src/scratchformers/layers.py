@@ -425,7 +425,11 @@ class FeedForward(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The ``ffn``-wide activations that ``fc2`` projects back."""
-        return self.activation_dropout(self.activation(self.fc1(x)))
+        return self.activate(self.fc1(x))
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """From ``fc1``'s output to the activations: the nonlinearity, then dropout."""
+        return self.activation_dropout(self.activation(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.hidden(x))
@@ -439,8 +443,8 @@ class GatedFeedForward(FeedForward):
         super().__init__(dim, hidden_dim, GATED_ACTIVATIONS[activation], activation_dropout, bias)
         self.fc1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.fc1(x).chunk(2, dim=-1)
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        gate, value = h.chunk(2, dim=-1)
         return self.activation_dropout(self.activation(gate) * value)
 
 

@@ -36,6 +36,7 @@ from .layers import (
     resolve_attention_function,
 )
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
+from .fast_decoding import fast_beam_search, fast_greedy_search, unsupported_reason
 from .rewrites import exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, shared_source_rows
 
 
@@ -493,6 +494,26 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         exact rewrites (``rewrites.exact_logits_processors``)."""
         processors = super()._get_logits_processor(*args, **kwargs)
         return exact_logits_processors(processors) if is_fast(self.config) else processors
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
+                streamer=None, **model_kwargs):
+        """transformers' greedy search and sampling; with ``forward_implementation="fast"`` greedy search runs over
+        ``fast_decoding.FastDecoder`` (an exact twin), where it covers the model and the arguments."""
+        if not (generation_config.do_sample or synced_gpus) and unsupported_reason(self, generation_config, model_kwargs) is None:
+            return fast_greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
+                                      **model_kwargs)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
+                               **model_kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
+                     **model_kwargs):
+        """transformers' beam search; with ``forward_implementation="fast"`` it runs over
+        ``fast_decoding.FastDecoder`` (``fast_beam_search``, an exact twin), where that covers the model and the
+        arguments."""
+        if not (generation_config.do_sample or synced_gpus) and unsupported_reason(self, generation_config, model_kwargs) is None:
+            return fast_beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
+        return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                                    **model_kwargs)
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,

@@ -1,0 +1,262 @@
+"""Fast decoding: the decoder's one-token step written out, behind the ordinary ``generate``.
+
+An exact, opt-in twin of the reference decoding (``config.forward_implementation = "fast"``, like the rewrites of
+``rewrites.py``). ``model.generate`` with the fast setting runs greedy search and beam search through
+``FastDecoder`` instead of the model's ``forward``; everything else about ``generate`` (the logits processors,
+stopping criteria, length penalty, ``num_return_sequences``, the pipeline) is unchanged, and every other decoding
+mode, or a model the step does not cover (``unsupported_reason``), falls back to the reference.
+
+What the written-out step saves, per generated token:
+
+- the module tree's bookkeeping: the output recorders, ``ModelOutput``s, transformers' ``Cache`` objects,
+  ``prepare_inputs_for_generation`` and the masks rebuilt at every step;
+- growing the self-attention cache: keys and values go into buffers of the final length, allocated once;
+- the cross-attention keys and values: projected once per source, read by all of its beams (as
+  ``rewrites.shared_source_rows`` does);
+- the weight layout: each plain ``nn.Linear`` runs from a copy of its weight that oneDNN packed once for the
+  product's shape (``packed_linear``), where ``F.linear`` repacks it at every call.
+
+The reference modules still do the arithmetic they own: the token embedding and positions, ``AddNorm``, the norms,
+the activation of the feed-forward network, a peft adapter or an ``Int8Linear`` (called as modules). The outputs
+are those of the reference up to float rounding (``tests/test_fast_decoding.py`` holds the tokens equal).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .compat import cache_of
+from .generation import _BeamSearch
+from .layers import FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
+from .rewrites import _plain_linear_call, is_fast
+
+_PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``linear`` as a function of ``[rows, in]`` inputs. A plain fp32 ``nn.Linear`` on the CPU runs from its
+    weight packed by oneDNN for ``rows`` rows (kept until the weight changes: its storage or version); anything
+    else is called as the module it is."""
+    weight = getattr(linear, "weight", None)
+    probe = torch.empty(0, dtype=torch.float32)
+    if not (_onednn_available() and isinstance(weight, torch.Tensor) and weight.device.type == "cpu"
+            and _plain_linear_call(linear, probe)):
+        return linear
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), rows)
+    cached = _PACKED.get(linear)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+        _PACKED[linear] = cached
+    packed, bias = cached[1], linear.bias
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return product
+
+
+def unsupported_reason(model, generation_config, model_kwargs: dict) -> Optional[str]:
+    """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can."""
+    config = model.config
+    if not is_fast(config):
+        return "forward_implementation is not 'fast'"
+    if model.training:
+        return "the model is in training mode (dropout)"
+    if generation_config.return_dict_in_generate:
+        return "return_dict_in_generate (scores, attentions and hidden states come from the reference)"
+    if model_kwargs.get("decoder_attention_mask") is not None or model_kwargs.get("decoder_inputs_embeds") is not None:
+        return "a decoder_attention_mask or decoder_inputs_embeds"
+    cache = cache_of(model_kwargs)
+    if cache is not None and cache.get_seq_length() > 0:
+        return "a cache that already holds decoded steps"
+    if config.attention_scoring != "scaled_dot":
+        return f"attention_scoring={config.attention_scoring!r}"
+    if model_kwargs.get("encoder_outputs") is None:
+        return "no encoder outputs"
+    decoder = model.get_decoder()
+    for layer in decoder.layers:
+        for attention in (layer.self_attn, layer.cross_attn):
+            if type(attention) is not MultiHeadAttention or attention._forward_hooks or attention._forward_pre_hooks:
+                return "a replaced or hooked attention module"
+        if not isinstance(layer.ffn, FeedForward) or "forward" in layer.ffn.__dict__:
+            return "a replaced feed-forward module"
+        if layer._forward_hooks or layer._forward_pre_hooks:
+            return "a hooked decoder layer"
+    return None
+
+
+class FastDecoder:
+    """The decoder and LM head for one token per row, over buffers sized for the whole generation.
+
+    ``rows`` decoder rows (batch × beams) attend to the encoder output of ``rows // k`` sources: rows
+    ``b·k ... b·k + k - 1`` belong to source ``b`` (``_expand_inputs_for_generation`` with the fast setting keeps
+    one encoder row per source; with ``k = 1`` each row has its own).
+    """
+
+    def __init__(self, model, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor],
+                 rows: int, max_length: int):
+        self.model = model
+        self.decoder = decoder = model.get_decoder()
+        self.layers = decoder.layers
+        self.rows, self.length = rows, 0
+        sources, source_len, _ = encoder_hidden_states.shape
+        self.rows_per_source = rows // sources
+        attention = self.layers[0].self_attn
+        self.heads, self.head_dim = attention.num_heads, attention.head_dim
+        self.kv_heads = attention.num_key_value_heads
+        self.linear = {}  # module -> the function that computes it
+        for module in list(decoder.modules()) + [model.get_output_embeddings()]:
+            if type(module) is nn.Linear:
+                self.linear[module] = packed_linear(module, rows)
+        device, dtype = encoder_hidden_states.device, encoder_hidden_states.dtype
+        shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.spare = None  # beam search: the buffers that ``reorder`` gathers into
+        self.cross = [self._source_keys_values(layer.cross_attn, encoder_hidden_states) for layer in self.layers]
+        self.cross_mask = None
+        if encoder_attention_mask is not None:  # [sources, 1, 1, S]: 0 where a key may be attended, else -inf
+            blocked = encoder_attention_mask[:, None, None, :] == 0
+            self.cross_mask = torch.zeros(blocked.shape, device=device, dtype=dtype).masked_fill(blocked, float("-inf"))
+        embeddings = decoder.embeddings
+        positions = torch.arange(max_length, device=device)
+        self.positions = None if embeddings.embed_positions is None else embeddings.embed_positions(positions).to(dtype)
+        self.rotary = None if decoder.rotary is None else decoder.rotary(positions)
+
+    def _call(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        function = self.linear.get(module)
+        return module(x) if function is None else function(x)
+
+    def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """``[N, T·h·D]`` rows -> ``[N, h, T, D]``."""
+        return x.view(x.shape[0], -1, heads, self.head_dim).transpose(1, 2)
+
+    def _source_keys_values(self, attention: MultiHeadAttention, source: torch.Tensor):
+        key = attention.k_proj(source).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        value = attention.v_proj(source).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        if attention.k_norm is not None:
+            key = attention.k_norm(key)
+        groups = self.heads // self.kv_heads
+        # Kept as the products read them: keys transposed ([sources, h, D, S]), both contiguous.
+        key, value = repeat_key_value_heads(key, groups), repeat_key_value_heads(value, groups)
+        return key.transpose(-1, -2).contiguous(), value.contiguous()
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rotary is None:
+            return x
+        cos, sin = self.rotary
+        return apply_rotary(x, cos[self.length : self.length + 1], sin[self.length : self.length + 1])
+
+    def _self_attention(self, i: int, attention: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of this step's token to itself and the earlier ones (cached)."""
+        query = self._split(self._call(attention.q_proj, x), self.heads)  # [N, h, 1, D]
+        key = self._split(self._call(attention.k_proj, x), self.kv_heads)
+        value = self._split(self._call(attention.v_proj, x), self.kv_heads)
+        if attention.q_norm is not None:
+            query, key = attention.q_norm(query), attention.k_norm(key)
+        query, key = self._rotate(query), self._rotate(key)
+        t = self.length
+        self.keys[i, :, :, t : t + 1] = key
+        self.values[i, :, :, t : t + 1] = value
+        groups = self.heads // self.kv_heads
+        keys = repeat_key_value_heads(self.keys[i, :, :, : t + 1], groups)
+        values = repeat_key_value_heads(self.values[i, :, :, : t + 1], groups)
+        weights = torch.softmax(torch.matmul(query, keys.transpose(-1, -2)) * attention.scaling, dim=-1)
+        heads = torch.matmul(weights, values)  # [N, h, 1, D]
+        return self._call(attention.out_proj, heads.view(x.shape[0], -1))
+
+    def _cross_attention(self, i: int, attention: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+        """Attention to the source: the ``k`` rows of a source are that source's ``k`` query positions."""
+        key_t, value = self.cross[i]  # [sources, h, D, S], [sources, h, S, D]
+        query = self._call(attention.q_proj, x).view(value.shape[0], self.rows_per_source, self.heads, self.head_dim)
+        query = query.transpose(1, 2)  # [sources, h, k, D]
+        if attention.q_norm is not None:
+            query = attention.q_norm(query)
+        scores = torch.matmul(query, key_t) * attention.scaling
+        if self.cross_mask is not None:
+            scores = scores + self.cross_mask
+        heads = torch.matmul(torch.softmax(scores, dim=-1), value)  # [sources, h, k, D]
+        return self._call(attention.out_proj, heads.transpose(1, 2).reshape(x.shape[0], -1))
+
+    def _feed_forward(self, ffn: FeedForward, x: torch.Tensor) -> torch.Tensor:
+        return self._call(ffn.fc2, ffn.activate(self._call(ffn.fc1, x)))
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (``[rows]``); returns the next token's logits ``[rows, vocab]`` in float32."""
+        embeddings = self.decoder.embeddings
+        x = embeddings.embed_tokens(tokens) * embeddings.embed_scale
+        if self.positions is not None:
+            x = x + self.positions[self.length]
+        for i, layer in enumerate(self.layers):
+            x = layer.self_attn_add_norm(x, lambda h: self._self_attention(i, layer.self_attn, h))
+            x = layer.cross_attn_add_norm(x, lambda h: self._cross_attention(i, layer.cross_attn, h))
+            x = layer.ffn_add_norm(x, lambda h: self._feed_forward(layer.ffn, h))
+        self.length += 1
+        return self._call(self.model.get_output_embeddings(), self.decoder.final_norm(x)).float()
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search kept row ``rows[i]``'s hypothesis as row ``i``: make the cache follow. The filled part is
+        gathered into a second pair of buffers, which then take the first pair's place."""
+        if self.spare is None:
+            self.spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
+        n = self.length
+        keys, values = self.spare
+        torch.index_select(self.keys[:, :, :, :n], 1, rows, out=keys[:, :, :, :n])
+        torch.index_select(self.values[:, :, :, :n], 1, rows, out=values[:, :, :, :n])
+        self.spare = (self.keys, self.values)
+        self.keys, self.values = keys, values
+
+
+def decoder_for(model, input_ids: torch.Tensor, generation_config, model_kwargs: dict) -> FastDecoder:
+    """A ``FastDecoder`` for ``generate``'s prepared arguments, fed the decoder prompt but its last token."""
+    encoder_outputs = model_kwargs["encoder_outputs"]
+    decoder = FastDecoder(model, encoder_outputs[0], model_kwargs.get("attention_mask"), input_ids.shape[0],
+                          generation_config.max_length)
+    for position in range(input_ids.shape[1] - 1):
+        decoder.step(input_ids[:, position])
+    return decoder
+
+
+@torch.inference_mode()
+def fast_greedy_search(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer=None,
+                       **model_kwargs) -> torch.LongTensor:
+    """Greedy search as transformers' ``_sample`` runs it with ``do_sample=False``, over ``FastDecoder``."""
+    decoder = decoder_for(model, input_ids, generation_config, model_kwargs)
+    pad = generation_config._pad_token_tensor
+    has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    while True:
+        scores = logits_processor(input_ids, decoder.step(input_ids[:, -1]))
+        tokens = torch.argmax(scores, dim=-1)
+        if has_eos:  # finished rows get padding
+            tokens = tokens * unfinished + pad * (1 - unfinished)
+        input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        unfinished = unfinished & ~stopping_criteria(input_ids, None)
+        if unfinished.max() == 0:
+            break
+    if streamer is not None:
+        streamer.end()
+    return input_ids
+
+
+@torch.inference_mode()
+def fast_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+    """Beam search (``generation._BeamSearch``, which returns what transformers' core beam search returns) with
+    each step's logits from ``FastDecoder``."""
+    decoder = decoder_for(model, input_ids, generation_config, model_kwargs)
+    return _BeamSearch(model, input_ids, logits_processor, stopping_criteria, generation_config, False, num_groups=1,
+                       diversity_penalty=0.0, constraints=[], model_kwargs=model_kwargs, decoder=decoder).run()
+
+
+__all__ = ["FastDecoder", "fast_beam_search", "fast_greedy_search", "packed_linear", "unsupported_reason"]

@@ -1,0 +1,183 @@
+"""fast_decoding: greedy and beam search over ``FastDecoder`` give the reference decoding's tokens, for every
+architecture variant the step covers and the generate arguments it honours; the rest falls back to the reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
+
+import scratchformers as sf
+from scratchformers import fast_decoding
+from scratchformers.fast_decoding import FastDecoder, packed_linear, unsupported_reason
+
+from _generation_utils import EOS, make_model, train_reverser
+from conftest import tiny_transformer_config
+
+
+def sources(seed: int = 0, batch: int = 3, length: int = 7, vocab: int = 40):
+    """Right-padded sources of lengths ``length``, ``length - 2``, ..."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (batch, length), generator=generator)
+    lengths = torch.tensor([max(1, length - 2 * i) for i in range(batch)])
+    attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask}
+
+
+class StepCounter:
+    """Counts ``FastDecoder.step`` calls (is the fast path taken?)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = FastDecoder.step
+
+        def counted(decoder, tokens):
+            self.calls += 1
+            return original(decoder, tokens)
+
+        monkeypatch.setattr(FastDecoder, "step", counted)
+
+
+def both(model, **kwargs):
+    """``generate(**kwargs)`` with the reference and with the fast setting (on copies of ``model``)."""
+    outputs = []
+    for implementation in ("reference", "fast"):
+        twin = copy.deepcopy(model)
+        twin.config.forward_implementation = implementation
+        torch.manual_seed(0)
+        outputs.append(twin.generate(**kwargs))
+    return outputs
+
+
+def tiny(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_transformer_config(init_std=0.3, **overrides)
+    return sf.ScratchTransformerForConditionalGeneration(config).eval()
+
+
+VARIANTS = {
+    "paper (post-norm, sinusoidal, relu)": {},
+    "pre-norm, rmsnorm, learned positions, gelu": dict(norm_position="pre", norm_type="rmsnorm",
+                                                       position_embedding="learned", activation_function="gelu"),
+    "rotary, swiglu, qk-norm": dict(position_embedding="rotary", activation_function="swiglu", qk_norm=True),
+    "grouped-query attention, untied": dict(num_key_value_heads=2, tie_word_embeddings=False),
+    "sdpa": dict(attn_implementation="sdpa"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_fast_decoding_gives_the_reference_tokens_for_every_variant(variant, num_beams, monkeypatch):
+    model = tiny(**VARIANTS[variant])
+    counter = StepCounter(monkeypatch)
+    reference, fast = both(model, **sources(), num_beams=num_beams, max_new_tokens=12, min_new_tokens=3)
+    assert torch.equal(reference, fast)
+    assert counter.calls > 0  # the fast path ran
+
+
+@pytest.mark.parametrize("arguments", [
+    dict(num_beams=4, length_penalty=0.6, early_stopping=True, num_return_sequences=2),
+    dict(num_beams=3, length_penalty=2.0, early_stopping="never"),
+    dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2),
+    dict(num_beams=2, sequence_bias={(5,): 3.0, (6, 7): -2.0}),
+    dict(num_beams=1, decoder_input_ids=torch.tensor([[0, 5], [0, 6], [0, 7]])),  # a two-token decoder prompt
+], ids=["beam-options", "never-stop-early", "penalties", "sequence-bias", "decoder-prompt"])
+def test_fast_decoding_honours_generate_arguments_on_a_half_trained_model(arguments, monkeypatch):
+    model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=60)
+    inputs = sources(seed=1, vocab=16)
+    counter = StepCounter(monkeypatch)
+    reference, fast = both(model, **inputs, max_new_tokens=10, **arguments)
+    assert counter.calls > 0
+    assert torch.equal(reference, fast)
+    assert (fast == EOS).any()  # sequences end at different lengths: the EOS and padding logic matter
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft reads it
+def test_peft_and_int8_layers_run_as_modules_inside_the_fast_step(monkeypatch):
+    peft = pytest.importorskip("peft")
+    model = tiny()
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, target_modules=["q_proj", "fc1"],
+                                                                    init_lora_weights=False)).eval()
+    int8 = sf.quantize_int8(copy.deepcopy(model))
+    counter = StepCounter(monkeypatch)
+    for candidate in (lora, int8):
+        inner = candidate.get_base_model() if hasattr(candidate, "get_base_model") else candidate
+        outputs = []
+        for implementation in ("reference", "fast"):
+            inner.config.forward_implementation = implementation
+            outputs.append(candidate.generate(**sources(), num_beams=2, max_new_tokens=8))
+        assert torch.equal(*outputs)
+    assert counter.calls > 0
+
+
+def test_modes_and_settings_the_step_does_not_cover_fall_back_to_the_reference(monkeypatch):
+    model = tiny(forward_implementation="fast")
+    counter = StepCounter(monkeypatch)
+    inputs = sources()
+    model.generate(**inputs, do_sample=True, max_new_tokens=4)
+    model.generate(**inputs, num_beams=2, max_new_tokens=4, return_dict_in_generate=True, output_scores=True)
+    model.generate(**inputs, num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=4)
+    assert counter.calls == 0
+    config = model.generation_config
+    assert unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)}) is None
+    assert "return_dict_in_generate" in unsupported_reason(
+        model, copy.deepcopy(config).__class__(return_dict_in_generate=True), {"encoder_outputs": (torch.zeros(1),)})
+    model.train()
+    assert "training" in unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)})
+    model.eval()
+    model.config.forward_implementation = "reference"
+    assert "forward_implementation" in unsupported_reason(model, config, {})
+
+
+def test_greedy_fast_decoding_streams_every_token():
+    class Collect:
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens.append(value.tolist())
+
+        def end(self):
+            self.ended = True
+
+    model = tiny(forward_implementation="fast")
+    streamer = Collect()
+    inputs = sources(batch=1)
+    output = model.generate(**inputs, max_new_tokens=6, streamer=streamer)
+    assert streamer.ended and [t for step in streamer.tokens[1:] for t in step] == output[0, 1:].tolist()
+
+
+def test_logits_processors_see_every_step_of_the_fast_path():
+    seen = []
+
+    class Record(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen.append(input_ids.shape)
+            return scores
+
+    model = tiny(forward_implementation="fast")
+    output = model.generate(**sources(), max_new_tokens=5, min_new_tokens=5, logits_processor=LogitsProcessorList([Record()]))
+    assert seen == [torch.Size([3, n]) for n in range(1, output.shape[1])]
+
+
+def test_packed_linear_equals_the_module_and_follows_weight_changes():
+    linear = nn.Linear(24, 40)
+    x = torch.randn(5, 24)
+    with torch.inference_mode():
+        product = packed_linear(linear, rows=5)
+        torch.testing.assert_close(product(x), linear(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        linear.weight.mul_(2.0)  # an in-place change (an optimizer step): the packed copy is remade
+    with torch.inference_mode():
+        torch.testing.assert_close(packed_linear(linear, rows=5)(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert packed_linear(linear, rows=5) is linear  # with gradients enabled: the module itself
+
+
+def test_fast_decoding_module_is_shipped_with_saved_models(tmp_path):
+    model = tiny(forward_implementation="fast")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "fast_decoding.py").is_file()
+    assert fast_decoding.__name__ == "scratchformers.fast_decoding"
