@@ -413,6 +413,9 @@ def test_exact_min_length_processors_equal_transformers(eos, length):
         expected = reference(input_ids, scores)
         out = ours(input_ids, scores)
         assert torch.equal(out, expected) and out is not scores
+        owned = scores.clone()  # a caller that owns its scores (fast_decoding): masked in place, same values
+        in_place = rewrites.process_owned_scores([ours], input_ids, owned)
+        assert in_place is owned and torch.equal(in_place, expected)
     assert torch.equal(scores, torch.randn(4, 11, generator=torch.Generator().manual_seed(0)))  # input untouched
 
 

@@ -60,6 +60,7 @@ from transformers.generation.utils import (
 from transformers.utils import ModelOutput
 
 from .compat import CACHE_NAME, cache_field, cache_of
+from .rewrites import process_owned_scores
 
 # The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
 # so that sums and divisions stay well defined.
@@ -488,8 +489,8 @@ class _BeamSearch:
         while self.model._has_unfinished_sequences(this_peer_finished, self.synced_gpus, device=self.device):
             flat_sequences = self.sequences[:, :, : self.cur_len].flatten(0, 1)
             if self.decoder is not None:
-                logits = self.decoder.step(flat_sequences[:, -1])
-                log_probs = self.logits_processor(flat_sequences, nn.functional.log_softmax(logits, dim=-1))
+                log_probs = nn.functional.log_softmax(self.decoder.step(flat_sequences[:, -1]), dim=-1)
+                log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
                 this_peer_finished = self._step(log_probs)
                 continue
             outputs = _forward(self.model, flat_sequences, self.model_kwargs, self.generation_config, first)

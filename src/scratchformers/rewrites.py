@@ -269,13 +269,13 @@ def _plain_linear_call(module: nn.Module, hidden: torch.Tensor) -> bool:
             and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
 
 
-def _without_eos(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
-    """``torch.where(isin(arange(V), eos), -inf, scores)``: a copy of ``scores`` with the EOS columns at -inf
-    (ids outside ``[0, V)`` match no column, as with ``isin``)."""
+def _mask_eos_(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
+    """``scores`` with the EOS columns set to -inf in place: ``torch.where(isin(arange(V), eos), -inf, scores)``
+    without the copy (ids outside ``[0, V)`` match no column, as with ``isin``)."""
     vocab = scores.shape[-1]
     eos = eos_token_id.to(scores.device).reshape(-1)
     eos = eos[(eos >= 0) & (eos < vocab)]
-    return scores.clone().index_fill_(-1, eos, -math.inf)
+    return scores.index_fill_(-1, eos, -math.inf)
 
 
 class ExactMinLengthLogitsProcessor(MinLengthLogitsProcessor):
@@ -283,18 +283,35 @@ class ExactMinLengthLogitsProcessor(MinLengthLogitsProcessor):
     vocabulary-sized mask (``arange`` + ``isin``) and a ``where`` over every score at every step."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.apply_(input_ids, scores.clone())
+
+    def apply_(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """The same, in place: for a decoding loop that owns ``scores`` (``fast_decoding``)."""
         if input_ids.shape[-1] < self.min_length:
-            return _without_eos(scores, self.eos_token_id)
-        return scores.clone()
+            _mask_eos_(scores, self.eos_token_id)
+        return scores
 
 
 class ExactMinNewTokensLengthLogitsProcessor(MinNewTokensLengthLogitsProcessor):
     """``MinNewTokensLengthLogitsProcessor`` computed as ``ExactMinLengthLogitsProcessor`` is."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.apply_(input_ids, scores.clone())
+
+    def apply_(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """The same, in place: for a decoding loop that owns ``scores`` (``fast_decoding``)."""
         if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            return _without_eos(scores, self.eos_token_id)
-        return scores.clone()
+            _mask_eos_(scores, self.eos_token_id)
+        return scores
+
+
+def process_owned_scores(processors, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+    """``processors(input_ids, scores)`` for a caller that owns ``scores`` (and keeps no other reference to it):
+    the processors that can (``apply_``) work in place, the others as usual, in their order."""
+    for processor in processors:
+        apply_ = getattr(processor, "apply_", None)
+        scores = apply_(input_ids, scores) if apply_ is not None else processor(input_ids, scores)
+    return scores
 
 
 EXACT_LOGITS_PROCESSORS = {
