@@ -65,8 +65,9 @@ def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torc
     return (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))
 
 
-def unsupported_reason(model, generation_config, model_kwargs: dict) -> Optional[str]:
-    """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can."""
+def unsupported_reason(model, generation_config, model_kwargs: dict, rows: Optional[int] = None) -> Optional[str]:
+    """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can (``rows``: the
+    decoder rows of ``generate``'s prepared ``input_ids``)."""
     config = model.config
     if not is_fast(config):
         return "forward_implementation is not 'fast'"
@@ -81,8 +82,11 @@ def unsupported_reason(model, generation_config, model_kwargs: dict) -> Optional
         return "a cache that already holds decoded steps"
     if config.attention_scoring != "scaled_dot":
         return f"attention_scoring={config.attention_scoring!r}"
-    if model_kwargs.get("encoder_outputs") is None:
+    encoder_outputs = model_kwargs.get("encoder_outputs")
+    if encoder_outputs is None:
         return "no encoder outputs"
+    if rows is not None and rows % encoder_outputs[0].shape[0]:
+        return "decoder rows that are not a multiple of the encoder rows"  # the reference names the mismatch
     decoder = model.get_decoder()
     for layer in decoder.layers:
         for attention in (layer.self_attn, layer.cross_attn):
@@ -129,7 +133,7 @@ class FastDecoder:
             blocked = encoder_attention_mask[:, None, None, :] == 0
             self.cross_mask = torch.zeros(blocked.shape, device=device, dtype=dtype).masked_fill(blocked, float("-inf"))
         embeddings = decoder.embeddings
-        positions = torch.arange(max_length, device=device)
+        positions = torch.arange(max_length - 1, device=device)  # the last token is never fed back
         self.positions = None if embeddings.embed_positions is None else embeddings.embed_positions(positions).to(dtype)
         self.rotary = None if decoder.rotary is None else decoder.rotary(positions)
 

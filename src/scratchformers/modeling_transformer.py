@@ -495,11 +495,17 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         processors = super()._get_logits_processor(*args, **kwargs)
         return exact_logits_processors(processors) if is_fast(self.config) else processors
 
+    def _decodes_fast(self, input_ids, generation_config, synced_gpus: bool, model_kwargs: dict) -> bool:
+        """Whether ``fast_decoding.FastDecoder`` stands in for the forward pass in this greedy or beam search."""
+        if generation_config.do_sample or synced_gpus:
+            return False
+        return unsupported_reason(self, generation_config, model_kwargs, len(input_ids)) is None
+
     def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
                 streamer=None, **model_kwargs):
         """transformers' greedy search and sampling; with ``forward_implementation="fast"`` greedy search runs over
         ``fast_decoding.FastDecoder`` (an exact twin), where it covers the model and the arguments."""
-        if not (generation_config.do_sample or synced_gpus) and unsupported_reason(self, generation_config, model_kwargs) is None:
+        if self._decodes_fast(input_ids, generation_config, synced_gpus, model_kwargs):
             return fast_greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
                                       **model_kwargs)
         return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
@@ -507,10 +513,9 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
                      **model_kwargs):
-        """transformers' beam search; with ``forward_implementation="fast"`` it runs over
-        ``fast_decoding.FastDecoder`` (``fast_beam_search``, an exact twin), where that covers the model and the
-        arguments."""
-        if not (generation_config.do_sample or synced_gpus) and unsupported_reason(self, generation_config, model_kwargs) is None:
+        """transformers' beam search; with ``forward_implementation="fast"`` it runs over ``FastDecoder``
+        (``fast_decoding.fast_beam_search``, an exact twin), where that covers the model and the arguments."""
+        if self._decodes_fast(input_ids, generation_config, synced_gpus, model_kwargs):
             return fast_beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
         return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
                                     **model_kwargs)
