@@ -163,9 +163,10 @@ def test_logits_processors_see_every_step_of_the_fast_path():
     assert seen == [torch.Size([3, n]) for n in range(1, output.shape[1])]
 
 
-def test_packed_linear_equals_the_module_and_follows_weight_changes():
-    linear = nn.Linear(24, 40)
-    x = torch.randn(5, 24)
+@pytest.mark.parametrize("shape", [(24, 40), (300, 260)], ids=["small: MKL", "large: oneDNN"])
+def test_packed_linear_equals_the_module_and_follows_weight_changes(shape):
+    linear = nn.Linear(*shape)
+    x = torch.randn(5, shape[0])
     with torch.inference_mode():
         product = packed_linear(linear, rows=5)
         torch.testing.assert_close(product(x), linear(x), rtol=1e-5, atol=1e-5)

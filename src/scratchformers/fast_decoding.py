@@ -14,7 +14,7 @@ What the written-out step saves, per generated token:
 - the cross-attention keys and values: projected once per source, read by all of its beams (as
   ``rewrites.shared_source_rows`` does);
 - the weight layout: each plain ``nn.Linear`` runs from a copy of its weight laid out for the product once
-  (``packed_linear``: transposed, or packed by oneDNN for the projection to the vocabulary).
+  (``packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster).
 
 The reference modules still do the arithmetic they own: the token embedding and positions, ``AddNorm``, the norms,
 the activation of the feed-forward network, a peft adapter or an ``Int8Linear`` (called as modules). The outputs
@@ -41,26 +41,33 @@ def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+#: Weights of at most this many entries run from a transposed copy through MKL, larger ones packed by oneDNN:
+#: measured per product on the AMD EPYC of benchmarks/README.md, 16 and 64 rows, oneDNN 1.2-1.7× faster on the
+#: feed-forward and vocabulary products of d_model 512 and on the vocabulary product of d_model 256, MKL 1.3-1.5×
+#: faster on the 256 × 256 ones.
+SMALL_WEIGHT = 256 * 256
+
+
 def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``linear`` as a function of ``[rows, in]`` inputs, from a copy of its weight laid out for the product.
 
-    A plain ``nn.Linear`` (``rewrites._plain_linear_call``) runs from a weight kept transposed (``[in, out]``, read
-    in storage order by ``addmm``, as ``rewrites.output_projection`` does); a wide one on the CPU (out ≥ 8 × in:
-    the projection to the vocabulary) from a weight that oneDNN packed for ``rows`` rows, which measured 1.2-1.3×
-    faster than MKL there and slower on the square products. The copy is remade when the weight changes (its
-    storage or version). Anything else (peft, int8, hooks, autocast, gradients) is called as the module it is."""
+    A plain ``nn.Linear`` (``rewrites._plain_linear_call``) runs from its weight packed by oneDNN for ``rows`` rows
+    (on the CPU), or, when small (``SMALL_WEIGHT``) or elsewhere, from a transposed copy that ``addmm`` reads in
+    storage order (as ``rewrites.output_projection`` does). The copy is remade when the weight changes (its storage
+    or version). Anything else (peft, int8, hooks, autocast, gradients) is called as the module it is."""
     weight = getattr(linear, "weight", None)
     if not (isinstance(weight, torch.Tensor) and _plain_linear_call(linear, weight.new_empty(0))):
         return linear
-    wide = weight.shape[0] >= 8 * weight.shape[1] and weight.device.type == "cpu" and _onednn_available()
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), rows if wide else None)
+    onednn = weight.numel() > SMALL_WEIGHT and weight.device.type == "cpu" and _onednn_available()
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), rows if onednn else None)
     cached = _PACKED.get(linear)
     if cached is None or cached[0] != key:
-        layout = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows) if wide else weight.detach().t().contiguous()
+        detached = weight.detach()
+        layout = torch.ops.mkldnn._reorder_linear_weight(detached, rows) if onednn else detached.t().contiguous()
         cached = (key, layout)
         _PACKED[linear] = cached
     layout, bias = cached[1], linear.bias
-    if wide:
+    if onednn:
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, "none", [], "")
     return (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))
 
