@@ -128,6 +128,9 @@ def test_modes_and_settings_the_step_does_not_cover_fall_back_to_the_reference(m
     model.train()
     assert "training" in unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)})
     model.eval()
+    handle = model.get_decoder().layers[0].register_forward_hook(lambda *args: None)  # e.g. a user's probe
+    assert "hooks" in unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)})
+    handle.remove()
     model.config.forward_implementation = "reference"
     assert "forward_implementation" in unsupported_reason(model, config, {})
 

@@ -95,14 +95,19 @@ def unsupported_reason(model, generation_config, model_kwargs: dict, rows: Optio
     if rows is not None and rows % encoder_outputs[0].shape[0]:
         return "decoder rows that are not a multiple of the encoder rows"  # the reference names the mismatch
     decoder = model.get_decoder()
+    if any(hasattr(module, "_hf_hook") for module in decoder.modules()):
+        return "accelerate hooks (device_map / offloading) on the decoder"
     for layer in decoder.layers:
-        for attention in (layer.self_attn, layer.cross_attn):
-            if type(attention) is not MultiHeadAttention or attention._forward_hooks or attention._forward_pre_hooks:
-                return "a replaced or hooked attention module"
+        if any(type(attention) is not MultiHeadAttention for attention in (layer.self_attn, layer.cross_attn)):
+            return "a replaced attention module"
         if not isinstance(layer.ffn, FeedForward) or "forward" in layer.ffn.__dict__:
             return "a replaced feed-forward module"
-        if layer._forward_hooks or layer._forward_pre_hooks:
-            return "a hooked decoder layer"
+    # The step calls the embeddings, norms and linear layers as modules, but not these: their hooks would not run.
+    bypassed = [model, decoder, *decoder.layers, *(m for layer in decoder.layers for m in (layer.self_attn,
+                layer.cross_attn, layer.ffn))]
+    if any(m._forward_hooks or m._forward_pre_hooks for m in bypassed) or nn.modules.module._global_forward_hooks \
+            or nn.modules.module._global_forward_pre_hooks:
+        return "forward hooks on the model, its decoder or their layers"
     return None
 
 
