@@ -185,3 +185,23 @@ def test_fast_decoding_module_is_shipped_with_saved_models(tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "fast_decoding.py").is_file()
     assert fast_decoding.__name__ == "scratchformers.fast_decoding"
+
+
+@pytest.mark.parametrize("arguments", [dict(num_beams=1), dict(num_beams=3), dict(num_beams=3, early_stopping=True),
+                                       dict(num_beams=3, num_return_sequences=3, length_penalty=0.0)],
+                         ids=["greedy", "beam", "beam-early-stopping", "beam-all-returned"])
+def test_rows_whose_search_is_over_leave_the_batch_without_changing_the_output(arguments, monkeypatch):
+    model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=80)
+    inputs = sources(seed=2, batch=5, length=9, vocab=16)  # lengths 9, 7, 5, 3, 1: the outputs end apart
+    kept = []
+    original = FastDecoder.keep_sources
+
+    def keep_sources(decoder, sources):
+        kept.append(sources.tolist())
+        return original(decoder, sources)
+
+    monkeypatch.setattr(FastDecoder, "keep_sources", keep_sources)
+    reference, fast = both(model, **inputs, max_new_tokens=20, **arguments)
+    assert kept and len(kept[-1]) < 5  # some sources were dropped before the end
+    assert all(set(later) < set(earlier) for earlier, later in zip(kept, kept[1:]))
+    assert torch.equal(reference, fast)

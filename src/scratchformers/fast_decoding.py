@@ -148,6 +148,26 @@ class FastDecoder:
         positions = torch.arange(max_length - 1, device=device)  # the last token is never fed back
         self.positions = None if embeddings.embed_positions is None else embeddings.embed_positions(positions).to(dtype)
         self.rotary = None if decoder.rotary is None else decoder.rotary(positions)
+        self.computed: Optional[torch.Tensor] = None  # the rows still computed (None: all), see ``keep_sources``
+        self.place_of: Optional[torch.Tensor] = None  # row -> its place among the computed rows
+
+    def keep_sources(self, sources: torch.Tensor) -> None:
+        """From now on compute only the rows of ``sources``: the search is done with the others, whose logits it
+        never reads again (``step`` gives them zeros), as CTranslate2 drops finished sentences from its batch. The
+        buffers shrink to the kept rows."""
+        k = self.rows_per_source
+        rows = (sources[:, None] * k + torch.arange(k, device=sources.device)).reshape(-1)
+        places = rows if self.place_of is None else self.place_of[rows]
+        source_places = places[::k] // k
+        self.keys, self.values = self.keys.index_select(1, places), self.values.index_select(1, places)
+        self.spare = None
+        self.cross = [(keys_t.index_select(0, source_places), values.index_select(0, source_places))
+                      for keys_t, values in self.cross]
+        if self.cross_mask is not None:
+            self.cross_mask = self.cross_mask.index_select(0, source_places)
+        self.place_of = torch.full((self.rows,), -1, dtype=torch.long, device=rows.device)
+        self.place_of[rows] = torch.arange(len(rows), device=rows.device)
+        self.computed = rows
 
     def _call(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         function = self.linear.get(module)
@@ -210,6 +230,12 @@ class FastDecoder:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``[rows]``); returns the next token's logits ``[rows, vocab]`` in float32."""
+        if self.computed is None:
+            return self._step(tokens)
+        logits = self._step(tokens[self.computed])
+        return logits.new_zeros(self.rows, logits.shape[-1]).index_copy_(0, self.computed, logits)
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         embeddings = self.decoder.embeddings
         x = embeddings.embed_tokens(tokens) * embeddings.embed_scale
         if self.positions is not None:
@@ -224,6 +250,8 @@ class FastDecoder:
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam search kept row ``rows[i]``'s hypothesis as row ``i``: make the cache follow. The filled part is
         gathered into a second pair of buffers, which then take the first pair's place."""
+        if self.computed is not None:  # a kept row's beams are rows of the same source: kept ones
+            rows = self.place_of[rows[self.computed]]
         if self.spare is None:
             self.spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
         n = self.length
@@ -252,6 +280,7 @@ def fast_greedy_search(model, input_ids, logits_processor, stopping_criteria, ge
     pad = generation_config._pad_token_tensor
     has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    computed = len(unfinished)
     while True:
         scores = process_owned_scores(logits_processor, input_ids, decoder.step(input_ids[:, -1]))
         tokens = torch.argmax(scores, dim=-1)
@@ -261,8 +290,12 @@ def fast_greedy_search(model, input_ids, logits_processor, stopping_criteria, ge
         if streamer is not None:
             streamer.put(tokens.cpu())
         unfinished = unfinished & ~stopping_criteria(input_ids, None)
-        if unfinished.max() == 0:
+        still = int(unfinished.sum())
+        if still == 0:
             break
+        if still < computed:  # finished rows only get padding from here on
+            decoder.keep_sources(unfinished.nonzero().flatten())
+            computed = still
     if streamer is not None:
         streamer.end()
     return input_ids

@@ -439,6 +439,7 @@ class _BeamSearch:
         self.model, self.model_kwargs, self.generation_config = model, model_kwargs, config
         # What computes each step's logits: the model's forward with its cache (None), or a fast_decoding.FastDecoder.
         self.decoder = decoder
+        self.computed_items = input_ids.shape[0] // config.num_beams  # the batch items the decoder computes
         self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
         self.synced_gpus = synced_gpus
         self.num_groups, self.diversity_penalty, self.constraints = num_groups, diversity_penalty, constraints
@@ -492,6 +493,8 @@ class _BeamSearch:
                 log_probs = nn.functional.log_softmax(self.decoder.step(flat_sequences[:, -1]), dim=-1)
                 log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
                 this_peer_finished = self._step(log_probs)
+                if not this_peer_finished:
+                    self._compute_unsettled_only()
                 continue
             outputs = _forward(self.model, flat_sequences, self.model_kwargs, self.generation_config, first)
             first = False
@@ -626,6 +629,22 @@ class _BeamSearch:
         worst = torch.stack([f.scores.min(-1).values for f in self.finished], dim=1)  # [B, G]
         worst = torch.where(done, worst[:, :, None], _EMPTY)
         self.can_improve &= (best_running[:, :, None] > worst).any(-1)
+
+    def _settled_items(self) -> torch.Tensor:
+        """``[B]``: the batch items whose search is over (the per-item form of ``_is_settled``)."""
+        settled = ~self.can_improve.any(-1)
+        if self.early_stopping is True:
+            settled |= torch.stack([f.done.all(-1) for f in self.finished], dim=1).all(-1)
+        return settled
+
+    def _compute_unsettled_only(self) -> None:
+        """Let the decoder drop the rows of items whose search is over: nothing of theirs changes any more (no
+        hypothesis of a settled item is admitted, ``_finish``), so their logits are never read."""
+        unsettled = ~self._settled_items()
+        count = int(unsettled.sum())
+        if count < self.computed_items:
+            self.decoder.keep_sources(unsettled.nonzero().flatten())
+            self.computed_items = count
 
     def _is_settled(self) -> bool:
         """No group can improve, or (``early_stopping=True``) every finished pool is full."""
