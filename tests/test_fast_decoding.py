@@ -205,3 +205,15 @@ def test_rows_whose_search_is_over_leave_the_batch_without_changing_the_output(a
     assert kept and len(kept[-1]) < 5  # some sources were dropped before the end
     assert all(set(later) < set(earlier) for earlier, later in zip(kept, kept[1:]))
     assert torch.equal(reference, fast)
+
+
+def test_rows_stay_in_the_batch_where_they_depend_on_each_other():
+    """int8's activations share one scale per product: dropping rows would change the others' outputs."""
+    model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=80)
+    int8 = sf.quantize_int8(model)
+    inputs = sources(seed=2, batch=5, length=9, vocab=16)
+    outputs = []
+    for implementation in ("reference", "fast"):
+        int8.config.forward_implementation = implementation
+        outputs.append(int8.generate(**inputs, num_beams=3, max_new_tokens=20))
+    assert torch.equal(*outputs)

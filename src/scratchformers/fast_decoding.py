@@ -148,13 +148,17 @@ class FastDecoder:
         positions = torch.arange(max_length - 1, device=device)  # the last token is never fed back
         self.positions = None if embeddings.embed_positions is None else embeddings.embed_positions(positions).to(dtype)
         self.rotary = None if decoder.rotary is None else decoder.rotary(positions)
+        # Rows may leave the batch unless a layer's rows depend on each other (``Int8Linear``: one activation scale).
+        self.drops_rows = not any(getattr(module, "batch_dependent", False) for module in model.modules())
         self.computed: Optional[torch.Tensor] = None  # the rows still computed (None: all), see ``keep_sources``
         self.place_of: Optional[torch.Tensor] = None  # row -> its place among the computed rows
 
     def keep_sources(self, sources: torch.Tensor) -> None:
         """From now on compute only the rows of ``sources``: the search is done with the others, whose logits it
         never reads again (``step`` gives them zeros), as CTranslate2 drops finished sentences from its batch. The
-        buffers shrink to the kept rows."""
+        buffers shrink to the kept rows. Nothing changes where rows depend on each other (``drops_rows``)."""
+        if not self.drops_rows:
+            return
         k = self.rows_per_source
         rows = (sources[:, None] * k + torch.arange(k, device=sources.device)).reshape(-1)
         places = rows if self.place_of is None else self.place_of[rows]

@@ -26,6 +26,9 @@ class Int8Linear(nn.Module):
     """``y = x Wᵀ + b`` with ``W`` stored as int8 rows times a float32 scale per row; ``x`` is quantized to uint8
     per call and the product runs in the CPU's int8 kernels (fbgemm / oneDNN through ``torch.ops.quantized``)."""
 
+    #: One activation scale for the whole input: a row's output depends on the other rows of the batch.
+    batch_dependent = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
