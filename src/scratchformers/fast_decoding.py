@@ -13,6 +13,8 @@ What the written-out step saves, per generated token:
 - growing the self-attention cache: keys and values go into buffers of the final length, allocated once;
 - the cross-attention keys and values: projected once per source, read by all of its beams (as
   ``rewrites.shared_source_rows`` does);
+- finished rows: a row whose search is over leaves the batch (``FastDecoder.keep_sources``), unless a layer's rows
+  depend on each other (int8);
 - the weight layout: each plain ``nn.Linear`` runs from a copy of its weight laid out for the product once
   (``packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster).
 
