@@ -132,10 +132,7 @@ class FastDecoder:
         attention = self.layers[0].self_attn
         self.heads, self.head_dim = attention.num_heads, attention.head_dim
         self.kv_heads = attention.num_key_value_heads
-        self.linear = {}  # module -> the function that computes it
-        for module in list(decoder.modules()) + [model.get_output_embeddings()]:
-            if type(module) is nn.Linear:
-                self.linear[module] = packed_linear(module, rows)
+        self.linear: dict[nn.Module, Callable] = {}  # module -> the function that computes it (``packed_linear``)
         device, dtype = encoder_hidden_states.device, encoder_hidden_states.dtype
         shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)
@@ -175,9 +172,12 @@ class FastDecoder:
         self.place_of[rows] = torch.arange(len(rows), device=rows.device)
         self.computed = rows
 
-    def _call(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        function = self.linear.get(module)
-        return module(x) if function is None else function(x)
+    def _call(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A linear layer of the step, through ``packed_linear`` (made on first use)."""
+        function = self.linear.get(linear)
+        if function is None:
+            function = self.linear[linear] = packed_linear(linear, self.rows)
+        return function(x)
 
     def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """``[N, T·h·D]`` rows -> ``[N, h, T, D]``."""
