@@ -4,6 +4,7 @@ and evaluation, with and without autocast — and the switch (``config.forward_i
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -368,34 +369,66 @@ def test_output_projection_equals_the_lm_head(shape, bias):
         assert out.shape == (*shape[:-1], 50)
         torch.testing.assert_close(out, head(hidden), atol=1e-6, rtol=1e-6)
 
+    with rewrites.decoding_weight_layouts() as layouts:  # as inside generate
+        with torch.no_grad():
+            check()
+            assert head in layouts
+            head.weight.mul_(2.0)  # an in-place change of the weight: the transposed copy is made again
+            check()
+            head.weight = nn.Parameter(torch.randn(50, 16))  # a new weight
+            check()
+        with torch.inference_mode():
+            check()
     with torch.no_grad():
-        check()
-        head.weight.mul_(2.0)  # an in-place change of the weight: the transposed copy is made again
-        check()
-        head.weight = nn.Parameter(torch.randn(50, 16))  # a new weight
-        check()
-    with torch.inference_mode():
-        check()
+        check()  # outside generate: the module itself, no copy kept
+    with rewrites.decoding_weight_layouts() as layouts:
+        assert head not in layouts  # the copy did not outlive its call
+
+
+def test_decoding_copies_do_not_outlive_generate_across_fused_optimizer_steps():
+    """fused AdamW writes the parameters without bumping their version: a copy kept across calls would be stale."""
+    model = make_model(init_std=0.3)
+    model.config.forward_implementation = "fast"
+    x, labels = torch.randint(3, 16, (4, 6)), torch.randint(3, 16, (4, 5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model.generate(input_ids=x, max_new_tokens=5, num_beams=2)
+    model.generate(input_ids=x, max_new_tokens=5, do_sample=True)  # the reference decoding, with output_projection
+    for _ in range(3):
+        model.train()
+        model(input_ids=x, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    reference = copy.deepcopy(model)
+    reference.config.forward_implementation = "reference"
+    with torch.no_grad():
+        assert model(input_ids=x, labels=labels).loss.item() == pytest.approx(
+            reference(input_ids=x, labels=labels).loss.item(), abs=1e-6)
+    for kwargs in (dict(num_beams=2), dict(num_beams=1), dict(do_sample=True, top_k=4)):
+        torch.manual_seed(0)
+        fast = model.generate(input_ids=x, max_new_tokens=5, **kwargs)
+        torch.manual_seed(0)
+        assert torch.equal(fast, reference.generate(input_ids=x, max_new_tokens=5, **kwargs))
 
 
 def test_output_projection_runs_the_module_with_gradients_or_a_wrapped_head():
     torch.manual_seed(0)
     head, hidden = nn.Linear(16, 50), torch.randn(2, 3, 16)
-    logits = rewrites.output_projection(head, hidden)  # gradients on: the module itself
-    assert logits.requires_grad and "_transposed_weight" not in head.__dict__
+    with rewrites.decoding_weight_layouts() as layouts:
+        logits = rewrites.output_projection(head, hidden)  # gradients on: the module itself
+    assert logits.requires_grad and head not in layouts
 
     class Scaled(nn.Linear):
         def forward(self, x):
             return 2 * super().forward(x)
 
     wrapped = Scaled(16, 50)
-    with torch.no_grad():
-        assert torch.equal(rewrites.output_projection(wrapped, hidden), wrapped(hidden))
     seen = []
     head.register_forward_hook(lambda module, args, output: seen.append(output))  # e.g. a user's logit lens
-    with torch.no_grad():
+    with rewrites.decoding_weight_layouts() as layouts, torch.no_grad():
+        assert torch.equal(rewrites.output_projection(wrapped, hidden), wrapped(hidden))
         logits = rewrites.output_projection(head, hidden)
-    assert len(seen) == 1 and seen[0] is logits and "_transposed_weight" not in head.__dict__
+        assert len(seen) == 1 and seen[0] is logits and head not in layouts and wrapped not in layouts
 
 
 @pytest.mark.parametrize("eos", [[2], [2, 7, 2], [2, 99, -1]], ids=["one", "several", "outside-the-vocabulary"])

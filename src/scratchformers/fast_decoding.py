@@ -16,7 +16,7 @@ What the written-out step saves, per generated token:
 - finished rows: a row whose search is over leaves the batch (``FastDecoder.keep_sources``), unless a layer's rows
   depend on each other (int8);
 - the weight layout: each plain ``nn.Linear`` runs from a copy of its weight laid out for the product once
-  (``packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster).
+  (``packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster), once per generation.
 
 The reference modules still do the arithmetic they own: the token embedding and positions, ``AddNorm``, the norms,
 the activation of the feed-forward network, a peft adapter or an ``Int8Linear`` (called as modules). The outputs
@@ -25,7 +25,6 @@ are those of the reference up to float rounding (``tests/test_fast_decoding.py``
 
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Optional
 
 import torch
@@ -35,9 +34,6 @@ from .compat import cache_of
 from .generation import _BeamSearch
 from .layers import FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
 from .rewrites import _plain_linear_call, is_fast, process_owned_scores
-
-_PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
-
 
 def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -55,20 +51,16 @@ def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torc
 
     A plain ``nn.Linear`` (``rewrites._plain_linear_call``) runs from its weight packed by oneDNN for ``rows`` rows
     (on the CPU), or, when small (``SMALL_WEIGHT``) or elsewhere, from a transposed copy that ``addmm`` reads in
-    storage order (as ``rewrites.output_projection`` does). The copy is remade when the weight changes (its storage
-    or version). Anything else (peft, int8, hooks, autocast, gradients) is called as the module it is."""
+    storage order (as ``rewrites.output_projection`` does). The copy is made here, for one generation (a
+    ``FastDecoder`` keeps it): no copy outlives the weights it was made from. Anything else (peft, int8, hooks,
+    autocast, gradients) is called as the module it is."""
     weight = getattr(linear, "weight", None)
     if not (isinstance(weight, torch.Tensor) and _plain_linear_call(linear, weight.new_empty(0))):
         return linear
     onednn = weight.numel() > SMALL_WEIGHT and weight.device.type == "cpu" and _onednn_available()
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), rows if onednn else None)
-    cached = _PACKED.get(linear)
-    if cached is None or cached[0] != key:
-        detached = weight.detach()
-        layout = torch.ops.mkldnn._reorder_linear_weight(detached, rows) if onednn else detached.t().contiguous()
-        cached = (key, layout)
-        _PACKED[linear] = cached
-    layout, bias = cached[1], linear.bias
+    detached = weight.detach()
+    layout = torch.ops.mkldnn._reorder_linear_weight(detached, rows) if onednn else detached.t().contiguous()
+    bias = linear.bias
     if onednn:
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, "none", [], "")
     return (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))

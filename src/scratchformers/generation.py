@@ -60,7 +60,7 @@ from transformers.generation.utils import (
 from transformers.utils import ModelOutput
 
 from .compat import CACHE_NAME, cache_field, cache_of
-from .rewrites import process_owned_scores
+from .rewrites import decoding_weight_layouts, process_owned_scores
 
 # The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
 # so that sums and divisions stay well defined.
@@ -845,7 +845,8 @@ class ScratchGenerationMixin(GenerationMixin):
             if function is not None:
                 call.arguments["custom_generate"] = function
                 args, kwargs = call.args[1:], call.kwargs
-        return super().generate(*args, **kwargs)
+        with decoding_weight_layouts():  # weight copies laid out for decoding live for this call only
+            return super().generate(*args, **kwargs)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
 | `vit_layer_forward`          | `ScratchViTLayer.forward` (where `vit_layer_applies`) | the three above together             |
 | `cross_entropy`              | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
-| `output_projection`          | the LM head's ``nn.Linear`` at inference    | a transposed read of the [V, d] weight per step |
+| `output_projection`          | the LM head's ``nn.Linear`` while decoding  | a transposed read of the [V, d] weight per step |
 | `exact_logits_processors`    | transformers' min-length logits processors  | a [V] mask and a [rows, V] ``where`` per step  |
 | `GrowingKeyValueLayer`       | the decoder's self-attention ``DynamicLayer`` | re-copying every past key/value at each step |
 
@@ -23,7 +23,9 @@ Greedy and beam search have their own written-out decoder step under the same sw
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -234,23 +236,43 @@ def cross_entropy(
 # --------------------------------------------------------------------------------------------------------------
 # Decoding: the output projection and the logits processors of every step
 # --------------------------------------------------------------------------------------------------------------
+_DECODING = threading.local()  # .layouts: the weight copies kept during one generate call (decoding_weight_layouts)
+
+
+@contextlib.contextmanager
+def decoding_weight_layouts():
+    """For the duration of one ``generate`` call, keep the weight copies that the decoding rewrites lay out
+    (``output_projection``), and drop them at its end. The weights cannot change inside a call; between calls an
+    optimizer may change them without a trace (fused AdamW writes the parameters without bumping their version),
+    so no copy outlives the call. Yields the ``{module: (key, copy)}`` of this thread's outermost call."""
+    outer = getattr(_DECODING, "layouts", None)
+    if outer is not None:
+        yield outer
+        return
+    _DECODING.layouts = {}
+    try:
+        yield _DECODING.layouts
+    finally:
+        _DECODING.layouts = None
+
+
 def output_projection(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``lm_head(hidden)`` at inference, through a copy of the ``[V, d]`` weight kept transposed (``[d, V]``,
+    """``lm_head(hidden)`` while decoding, through a copy of the ``[V, d]`` weight kept transposed (``[d, V]``,
     contiguous): the product then reads the weight in its storage order, where ``F.linear`` reads it transposed.
     With a small batch of rows (a decoding step: one position per beam) and a large vocabulary this is the largest
     product of the step. Same kernel family, same sums (the tests hold it equal to the reference).
 
-    The copy is remade whenever the weight changes (its storage or version: an optimizer step, a ``copy_``, a tied
-    embedding resized). The reference runs when gradients are computed, under autocast, and for anything but a
-    plain ``nn.Linear`` (a peft or quantized head must be called as a module)."""
-    if not _plain_linear_call(lm_head, hidden):
+    The copy lives for one ``generate`` call (``decoding_weight_layouts``) and is remade if the weight's storage or
+    version changes inside it. Outside a call, with gradients, under autocast, and for anything but a plain
+    ``nn.Linear`` (a peft or quantized head must be called as a module) the reference runs."""
+    layouts = getattr(_DECODING, "layouts", None)
+    if layouts is None or not _plain_linear_call(lm_head, hidden):
         return lm_head(hidden)
     weight = lm_head.weight
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-    cached = lm_head.__dict__.get("_transposed_weight")
+    cached = layouts.get(lm_head)
     if cached is None or cached[0] != key:
-        cached = (key, weight.detach().t().contiguous())
-        lm_head.__dict__["_transposed_weight"] = cached
+        cached = layouts[lm_head] = (key, weight.detach().t().contiguous())
     transposed = cached[1]
     rows = hidden.reshape(-1, hidden.shape[-1])
     bias = lm_head.bias
