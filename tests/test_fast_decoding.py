@@ -11,7 +11,7 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import scratchformers as sf
-from scratchformers import fast_decoding
+from scratchformers import fast_decoding, rewrites
 from scratchformers.fast_decoding import FastDecoder, packed_linear, unsupported_reason
 
 from _generation_utils import EOS, make_model, train_reverser
@@ -166,8 +166,10 @@ def test_logits_processors_see_every_step_of_the_fast_path():
     assert seen == [torch.Size([3, n]) for n in range(1, output.shape[1])]
 
 
-@pytest.mark.parametrize("shape", [(24, 40), (300, 260)], ids=["small: MKL", "large: oneDNN"])
-def test_packed_linear_equals_the_module_and_follows_weight_changes(shape):
+@pytest.mark.parametrize("avx512", [False, True], ids=["no AVX-512", "AVX-512"])
+@pytest.mark.parametrize("shape", [(24, 40), (300, 260)], ids=["small", "large"])
+def test_packed_linear_equals_the_module_and_follows_weight_changes(shape, avx512, monkeypatch):
+    monkeypatch.setattr(rewrites, "_has_avx512", lambda: avx512)  # both layouts, on any CPU
     linear = nn.Linear(*shape)
     x = torch.randn(5, shape[0])
     with torch.inference_mode():
@@ -178,6 +180,65 @@ def test_packed_linear_equals_the_module_and_follows_weight_changes(shape):
     with torch.inference_mode():
         torch.testing.assert_close(packed_linear(linear, rows=5)(x), linear(x), rtol=1e-5, atol=1e-5)
     assert packed_linear(linear, rows=5) is linear  # with gradients enabled: the module itself
+
+
+def test_packed_linear_under_bf16_autocast_computes_what_autocast_computes():
+    linear = nn.Linear(64, 300)
+    x = torch.randn(5, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        product, expected = packed_linear(linear, rows=5), linear(x)
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # no oneDNN bf16 on this CPU: the module itself
+            assert product is linear
+            return
+        assert product is not linear
+        output = product(x)
+    assert output.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(output, expected, rtol=1e-2, atol=1e-2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
+        assert packed_linear(linear, rows=5) is linear  # only bf16 autocast is laid out
+
+
+def test_packed_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkeypatch):
+    encoder = tiny().get_encoder()
+    inputs = sources()
+    hooked = encoder.layers[0].ffn.fc1
+    hooked.register_forward_hook(lambda module, args, output: output * 0.5)  # a user's hook still takes effect
+    calls = []
+    with torch.inference_mode():
+        expected = encoder(**inputs).last_hidden_state
+        mode = rewrites.PackedLinears(encoder, rows=21)
+        for weight, bias, product in mode.products.values():  # count the packed products that run
+            mode.products[id(weight)] = (weight, bias, lambda x, product=product: calls.append(1) or product(x))
+        with mode:
+            packed = encoder(**inputs).last_hidden_state
+    linears = [m for m in encoder.modules() if type(m) is nn.Linear]
+    assert len(mode.products) == len(linears) - 1  # all but the hooked one
+    assert len(calls) == len(linears) - 1
+    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_generate_runs_the_encoder_packed(monkeypatch):
+    modes = []
+    original = rewrites.PackedLinears.__init__
+    monkeypatch.setattr(rewrites.PackedLinears, "__init__", lambda self, *a: modes.append(self) or original(self, *a))
+    model = tiny()
+    reference, fast = both(model, **sources(), max_new_tokens=6)
+    assert torch.equal(reference, fast)
+    assert len(modes) == 1 and modes[0].products  # once, in the fast model's generate only
+    with torch.no_grad():
+        model.config.forward_implementation = "fast"
+        model.get_encoder()(**sources())  # outside generate: the reference products
+    assert len(modes) == 1
+
+
+def test_fast_decoding_under_bf16_autocast_gives_the_reference_tokens(monkeypatch):
+    model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=60)
+    counter = StepCounter(monkeypatch)
+    for num_beams in (1, 3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference, fast = both(model, **sources(seed=1, vocab=16), max_new_tokens=10, num_beams=num_beams)
+        assert torch.equal(reference, fast)
+    assert counter.calls > 0
 
 
 def test_fast_decoding_module_is_shipped_with_saved_models(tmp_path):

@@ -33,38 +33,7 @@ from torch import nn
 from .compat import cache_of
 from .generation import _BeamSearch
 from .layers import FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
-from .rewrites import _plain_linear_call, is_fast, process_owned_scores
-
-def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-#: Weights of at most this many entries run from a transposed copy through MKL, larger ones packed by oneDNN:
-#: measured per product on the AMD EPYC of benchmarks/README.md, 16 and 64 rows, oneDNN 1.2-1.7× faster on the
-#: feed-forward and vocabulary products of d_model 512 and on the vocabulary product of d_model 256, MKL 1.3-1.5×
-#: faster on the 256 × 256 ones.
-SMALL_WEIGHT = 256 * 256
-
-
-def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``linear`` as a function of ``[rows, in]`` inputs, from a copy of its weight laid out for the product.
-
-    A plain ``nn.Linear`` (``rewrites._plain_linear_call``) runs from its weight packed by oneDNN for ``rows`` rows
-    (on the CPU), or, when small (``SMALL_WEIGHT``) or elsewhere, from a transposed copy that ``addmm`` reads in
-    storage order (as ``rewrites.output_projection`` does). The copy is made here, for one generation (a
-    ``FastDecoder`` keeps it): no copy outlives the weights it was made from. Anything else (peft, int8, hooks,
-    autocast, gradients) is called as the module it is."""
-    weight = getattr(linear, "weight", None)
-    if not (isinstance(weight, torch.Tensor) and _plain_linear_call(linear, weight.new_empty(0))):
-        return linear
-    onednn = weight.numel() > SMALL_WEIGHT and weight.device.type == "cpu" and _onednn_available()
-    detached = weight.detach()
-    layout = torch.ops.mkldnn._reorder_linear_weight(detached, rows) if onednn else detached.t().contiguous()
-    bias = linear.bias
-    if onednn:
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, "none", [], "")
-    return (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))
-
+from .rewrites import is_fast, packed_linear, process_owned_scores
 
 def unsupported_reason(model, generation_config, model_kwargs: dict, rows: Optional[int] = None) -> Optional[str]:
     """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can (``rows``: the
@@ -176,8 +145,9 @@ class FastDecoder:
         return x.view(x.shape[0], -1, heads, self.head_dim).transpose(1, 2)
 
     def _source_keys_values(self, attention: MultiHeadAttention, source: torch.Tensor):
-        key = attention.k_proj(source).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
-        value = attention.v_proj(source).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        rows = source.reshape(-1, source.shape[-1])
+        key = self._call(attention.k_proj, rows).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        value = self._call(attention.v_proj, rows).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
         if attention.k_norm is not None:
             key = attention.k_norm(key)
         groups = self.heads // self.kv_heads

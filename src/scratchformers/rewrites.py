@@ -24,16 +24,19 @@ Greedy and beam search have their own written-out decoder step under the same sw
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 from .layers import AddNorm, DropPath, MultiHeadAttention
+from .precision import cpu_flags
 
 
 def is_fast(config) -> bool:
@@ -280,17 +283,108 @@ def output_projection(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.view(*hidden.shape[:-1], transposed.shape[-1])
 
 
-def _plain_linear_call(module: nn.Module, hidden: torch.Tensor) -> bool:
+def _plain_linear_call(module: nn.Module, hidden: torch.Tensor, autocast: bool = False) -> bool:
     """Whether calling ``module`` on ``hidden`` is nothing but ``F.linear`` with its own weight, without gradients:
     a plain ``nn.Linear`` (no subclass, no replaced ``forward``, no hooks: accelerate's offloading, a user's
-    forward hook), weight of ``hidden``'s dtype and device, outside autocast and torch.compile."""
+    forward hook), weight of ``hidden``'s dtype and device, outside torch.compile, and outside autocast unless
+    ``autocast`` (the caller casts as autocast would)."""
     weight = getattr(module, "weight", None)
     return (type(module) is nn.Linear and isinstance(weight, torch.Tensor) and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(hidden.device.type)
+            and not torch.compiler.is_compiling() and (autocast or not torch.is_autocast_enabled(hidden.device.type))
             and "forward" not in module.__dict__ and not hasattr(module, "_hf_hook")
             and not (module._forward_hooks or module._forward_pre_hooks)
             and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
             and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
+
+
+#: float32 weights of at most this many entries run from a transposed copy through MKL where the CPU has no AVX-512,
+#: larger ones packed by oneDNN: measured per product on an AMD EPYC with AVX2 (Zen 3; benchmarks/README.md),
+#: 16 and 64 rows, oneDNN 1.2-1.7x faster on the feed-forward and vocabulary products of d_model 512 and on the
+#: vocabulary product of d_model 256, MKL 1.3-1.5x faster on the 256 x 256 ones. On an AMD EPYC with AVX-512
+#: (Zen 5) oneDNN was as fast on those and 1.5-3.5x faster on the others (MKL takes its AVX2 code there): every
+#: weight is packed by oneDNN where the CPU has AVX-512.
+SMALL_WEIGHT = 256 * 256
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    return "avx512f" in cpu_flags()
+
+
+def _packs_with_onednn(weight: torch.Tensor) -> bool:
+    """Whether ``packed_linear`` lays ``weight`` out for oneDNN (else transposed, for MKL's ``addmm``)."""
+    if weight.device.type != "cpu" or not (torch.backends.mkldnn.is_available()
+                                           and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return weight.dtype != torch.float32 or weight.numel() > SMALL_WEIGHT or _has_avx512()
+
+
+def _autocast_dtype(weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast computes a linear layer in on ``weight``'s device, or None outside autocast."""
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``linear`` as a function of ``[rows, in]`` inputs, from a copy of its weight laid out for the product.
+
+    A plain ``nn.Linear`` (``_plain_linear_call``) runs from its weight packed by oneDNN for ``rows`` rows (on the
+    CPU; see ``SMALL_WEIGHT``), or from a transposed copy that ``addmm`` reads in storage order (as
+    ``output_projection`` does). Under CPU bf16 autocast (where oneDNN computes bf16) the copy is bf16 and the input
+    is cast to it, as autocast casts ``F.linear``'s arguments, so the product is autocast's. The copy is made here,
+    for one generation: no copy outlives the weights it was made from. Anything else (peft, int8, hooks, other
+    autocast, gradients) is called as the module it is."""
+    weight = getattr(linear, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not _plain_linear_call(linear, weight.new_empty(0), autocast=True):
+        return linear
+    cast = _autocast_dtype(weight)
+    if cast is not None and not (cast == torch.bfloat16 and weight.dtype == torch.float32
+                                 and weight.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return linear
+    detached, bias = weight.detach(), linear.bias
+    if cast is not None:
+        detached, bias = detached.to(cast), None if bias is None else bias.detach().to(cast)
+    if _packs_with_onednn(detached):
+        layout = torch.ops.mkldnn._reorder_linear_weight(detached, rows)
+        product = lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, "none", [], "")  # noqa: E731
+    else:
+        layout = detached.t().contiguous()
+        product = (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))
+    return product if cast is None else (lambda x: product(x.to(cast)))
+
+
+class PackedLinears(TorchFunctionMode):
+    """Inside this mode, ``F.linear`` on the weight and bias of one of ``module``'s plain ``nn.Linear`` layers runs
+    through ``packed_linear`` (laid out for ``rows`` rows); everything else runs as it would. The encoder runs so
+    while generating (once per call, a full source per product). Module hooks still run: only the product of a
+    plain layer changes, and only without gradients, for inputs of the layout's dtype or under autocast."""
+
+    def __init__(self, module: nn.Module, rows: int):
+        super().__init__()
+        self.products: dict[int, tuple] = {}  # id(weight) -> (weight, bias, product)
+        for layer in module.modules():
+            if type(layer) is nn.Linear and (product := packed_linear(layer, rows)) is not layer:
+                self.products[id(layer.weight)] = (layer.weight, layer.bias, product)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.linear and len(args) >= 2 and not torch.is_grad_enabled():
+            entry = self.products.get(id(args[1]))
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            x = args[0]
+            if (entry is not None and entry[0] is args[1] and entry[1] is bias and x.dim() >= 1
+                    and (x.dtype == args[1].dtype or _autocast_dtype(args[1]) is not None)):
+                return entry[2](x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+        return func(*args, **kwargs)
+
+
+def packed_linears_while_generating(module: nn.Module, config, rows: int):
+    """``PackedLinears(module, rows)`` inside a ``generate`` call of a fast model (``decoding_weight_layouts``),
+    without gradients and outside torch.compile; elsewhere a context that changes nothing."""
+    if (is_fast(config) and getattr(_DECODING, "layouts", None) is not None and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):
+        return PackedLinears(module, rows)
+    return contextlib.nullcontext()
 
 
 def _mask_eos_(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
