@@ -32,8 +32,8 @@ from torch import nn
 
 from .compat import cache_of
 from .generation import _BeamSearch
-from .layers import FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
-from .rewrites import is_fast, packed_linear, process_owned_scores
+from .layers import AddNorm, FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
+from .rewrites import fused_linear, is_fast, packed_linear, process_owned_scores
 
 def unsupported_reason(model, generation_config, model_kwargs: dict, rows: Optional[int] = None) -> Optional[str]:
     """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can (``rows``: the
@@ -93,11 +93,13 @@ class FastDecoder:
         attention = self.layers[0].self_attn
         self.heads, self.head_dim = attention.num_heads, attention.head_dim
         self.kv_heads = attention.num_key_value_heads
+        self.qkv_widths = [self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2
         self.linear: dict[nn.Module, Callable] = {}  # module -> the function that computes it (``packed_linear``)
         device, dtype = encoder_hidden_states.device, encoder_hidden_states.dtype
-        shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
+        # Allocated at the first step, in the dtype of its keys (bf16 under bf16 autocast, as the reference's cache).
+        self.cache_shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
+        self.keys: Optional[torch.Tensor] = None
+        self.values: Optional[torch.Tensor] = None
         self.spare = None  # beam search: the buffers that ``reorder`` gathers into
         self.cross = [self._source_keys_values(layer.cross_attn, encoder_hidden_states) for layer in self.layers]
         self.cross_mask = None
@@ -123,7 +125,9 @@ class FastDecoder:
         rows = (sources[:, None] * k + torch.arange(k, device=sources.device)).reshape(-1)
         places = rows if self.place_of is None else self.place_of[rows]
         source_places = places[::k] // k
-        self.keys, self.values = self.keys.index_select(1, places), self.values.index_select(1, places)
+        if self.keys is not None:
+            self.keys, self.values = self.keys.index_select(1, places), self.values.index_select(1, places)
+        self.cache_shape = (self.cache_shape[0], len(rows), *self.cache_shape[2:])
         self.spare = None
         self.cross = [(keys_t.index_select(0, source_places), values.index_select(0, source_places))
                       for keys_t, values in self.cross]
@@ -140,14 +144,22 @@ class FastDecoder:
             function = self.linear[linear] = packed_linear(linear, self.rows)
         return function(x)
 
+    def _fused(self, key, linears: list[nn.Module], activation: Optional[nn.Module] = None) -> Optional[Callable]:
+        """``rewrites.fused_linear`` of ``linears`` (made on first use; None where they cannot be fused)."""
+        if key not in self.linear:
+            self.linear[key] = fused_linear(linears, self.rows, activation)
+        return self.linear[key]
+
     def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """``[N, T·h·D]`` rows -> ``[N, h, T, D]``."""
         return x.view(x.shape[0], -1, heads, self.head_dim).transpose(1, 2)
 
     def _source_keys_values(self, attention: MultiHeadAttention, source: torch.Tensor):
-        rows = source.reshape(-1, source.shape[-1])
-        key = self._call(attention.k_proj, rows).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
-        value = self._call(attention.v_proj, rows).view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        rows = source.reshape(-1, source.shape[-1])  # once per source: laid out for these rows, not the step's
+        key = packed_linear(attention.k_proj, len(rows))(rows)
+        value = packed_linear(attention.v_proj, len(rows))(rows)
+        key = key.view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
+        value = value.view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
         if attention.k_norm is not None:
             key = attention.k_norm(key)
         groups = self.heads // self.kv_heads
@@ -163,13 +175,21 @@ class FastDecoder:
 
     def _self_attention(self, i: int, attention: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of this step's token to itself and the earlier ones (cached)."""
-        query = self._split(self._call(attention.q_proj, x), self.heads)  # [N, h, 1, D]
-        key = self._split(self._call(attention.k_proj, x), self.kv_heads)
-        value = self._split(self._call(attention.v_proj, x), self.kv_heads)
+        qkv = self._fused(attention, [attention.q_proj, attention.k_proj, attention.v_proj])
+        if qkv is not None:  # one product for the three
+            query, key, value = qkv(x).split(self.qkv_widths, dim=-1)
+        else:
+            query, key, value = (self._call(linear, x) for linear in (attention.q_proj, attention.k_proj,
+                                                                      attention.v_proj))
+        query = self._split(query, self.heads)  # [N, h, 1, D]
+        key, value = self._split(key, self.kv_heads), self._split(value, self.kv_heads)
         if attention.q_norm is not None:
             query, key = attention.q_norm(query), attention.k_norm(key)
         query, key = self._rotate(query), self._rotate(key)
         t = self.length
+        if self.keys is None:
+            self.keys = key.new_empty(self.cache_shape)
+            self.values = value.new_empty(self.cache_shape)
         self.keys[i, :, :, t : t + 1] = key
         self.values[i, :, :, t : t + 1] = value
         groups = self.heads // self.kv_heads
@@ -193,7 +213,19 @@ class FastDecoder:
         return self._call(attention.out_proj, heads.transpose(1, 2).reshape(x.shape[0], -1))
 
     def _feed_forward(self, ffn: FeedForward, x: torch.Tensor) -> torch.Tensor:
-        return self._call(ffn.fc2, ffn.activate(self._call(ffn.fc1, x)))
+        # The plain network's activation (dropout is the identity in eval mode) runs inside fc1's product.
+        plain = type(ffn) is FeedForward and "activate" not in vars(ffn)
+        hidden = self._fused(ffn, [ffn.fc1], ffn.activation) if plain else None
+        hidden = ffn.activate(self._call(ffn.fc1, x)) if hidden is None else hidden(x)
+        return self._call(ffn.fc2, hidden)
+
+    def _add_norm(self, add_norm: AddNorm, x: torch.Tensor, sublayer: Callable) -> torch.Tensor:
+        """``add_norm(x, sublayer)``; written out for a stock ``AddNorm``, whose dropout and drop-path are the
+        identity in eval mode."""
+        if type(add_norm) is not AddNorm or "forward" in vars(add_norm) or add_norm._forward_hooks \
+                or add_norm._forward_pre_hooks:
+            return add_norm(x, sublayer)
+        return x + sublayer(add_norm.norm(x)) if add_norm.pre_norm else add_norm.norm(x + sublayer(x))
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -209,9 +241,9 @@ class FastDecoder:
         if self.positions is not None:
             x = x + self.positions[self.length]
         for i, layer in enumerate(self.layers):
-            x = layer.self_attn_add_norm(x, lambda h: self._self_attention(i, layer.self_attn, h))
-            x = layer.cross_attn_add_norm(x, lambda h: self._cross_attention(i, layer.cross_attn, h))
-            x = layer.ffn_add_norm(x, lambda h: self._feed_forward(layer.ffn, h))
+            x = self._add_norm(layer.self_attn_add_norm, x, lambda h: self._self_attention(i, layer.self_attn, h))
+            x = self._add_norm(layer.cross_attn_add_norm, x, lambda h: self._cross_attention(i, layer.cross_attn, h))
+            x = self._add_norm(layer.ffn_add_norm, x, lambda h: self._feed_forward(layer.ffn, h))
         self.length += 1
         return self._call(self.model.get_output_embeddings(), self.decoder.final_norm(x)).float()
 
