@@ -16,7 +16,7 @@ This module imports nothing from its package: saved checkpoints carry a copy of 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -54,10 +54,15 @@ class Int8Linear(nn.Module):
         """The weight in the layout of the int8 kernels, rebuilt whenever the stored tensors change (a load)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale, self.bias) if t is not None)
         if self._packed is None or self._packed[0] != key:
-            zero_points = torch.zeros(self.out_features, dtype=torch.long)
-            quantized = torch._make_per_channel_quantized_tensor(self.weight, self.weight_scale.double(), zero_points, 0)
-            self._packed = (key, torch.ops.quantized.linear_prepack(quantized, self.bias))
+            self._packed = (key, self.prepack(self.weight, self.weight_scale, self.bias))
         return self._packed[1]
+
+    @staticmethod
+    def prepack(weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor]):
+        """int8 rows and their scales (and the float bias) in the layout of the int8 kernels."""
+        zero_points = torch.zeros(len(weight), dtype=torch.long)
+        quantized = torch._make_per_channel_quantized_tensor(weight, weight_scale.double(), zero_points, 0)
+        return torch.ops.quantized.linear_prepack(quantized, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -69,7 +74,12 @@ class Int8Linear(nn.Module):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """The int8 kernel's ``x Wᵀ + b``, activations in 7 bits (``reduce_range=True``, as torch.ao's dynamic Linear)."""
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed_weight(), True).to(x.dtype)
+        return self.packed_product(self.packed_weight())(x)
+
+    @staticmethod
+    def packed_product(packed) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The product of a ``prepack``ed weight, as a function of the input."""
+        return lambda x: torch.ops.quantized.linear_dynamic(x.float(), packed, True).to(x.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 matrix that the int8 weight stands for: int8 rows times their scales."""

@@ -38,6 +38,7 @@ from transformers.generation.logits_process import MinLengthLogitsProcessor, Min
 
 from .layers import AddNorm, DropPath, MultiHeadAttention
 from .precision import cpu_flags
+from .quantization import Int8Linear
 
 _SILU_FORWARD = SiLUActivation.forward
 
@@ -370,6 +371,8 @@ def fused_linear(linears: list[nn.Module], rows: int, activation: Optional[nn.Mo
     sum of outs]``, split by the caller), as ``packed_linear`` lays out one layer, with ``activation`` (a module)
     applied to the result, inside oneDNN's pass where it can. None where a layer is not plain, or the layers
     differ in dtype, device or having a bias."""
+    if all(type(linear) is Int8Linear for linear in linears):
+        return _int8_product(linears, activation)
     weights = [getattr(linear, "weight", None) for linear in linears]
     if not all(isinstance(w, torch.Tensor) and _plain_linear_call(l, w.new_empty(0), autocast=True)
                for l, w in zip(linears, weights)):
@@ -395,6 +398,25 @@ def fused_linear(linears: list[nn.Module], rows: int, activation: Optional[nn.Mo
     if activation is not None and fused is None:
         product = (lambda product: lambda x: activation(product(x)))(product)
     return product if cast is None else (lambda x: product(x.to(cast)))
+
+
+def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> Optional[Callable]:
+    """``Int8Linear`` layers (without hooks, without gradients) side by side as one int8 product: the input is
+    quantized once for all, with the scale each layer would give it alone (the same input), so each output is the
+    layer's own. None where a layer has hooks or a replaced ``forward``, or they differ in having a bias."""
+    if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or any(
+            layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer) or hasattr(layer, "_hf_hook")
+            or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+            for layer in layers):
+        return None
+    if len(layers) == 1:
+        packed = layers[0].packed_weight()
+    else:
+        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+        packed = Int8Linear.prepack(torch.cat([layer.weight for layer in layers]),
+                                    torch.cat([layer.weight_scale for layer in layers]), bias)
+    product = Int8Linear.packed_product(packed)
+    return product if activation is None else (lambda x: activation(product(x)))
 
 
 class PackedLinears(TorchFunctionMode):
