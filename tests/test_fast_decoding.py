@@ -166,20 +166,21 @@ def test_logits_processors_see_every_step_of_the_fast_path():
     assert seen == [torch.Size([3, n]) for n in range(1, output.shape[1])]
 
 
+@pytest.mark.parametrize("rows", [5, None], ids=["packed", "as stored"])
 @pytest.mark.parametrize("avx512", [False, True], ids=["no AVX-512", "AVX-512"])
 @pytest.mark.parametrize("shape", [(24, 40), (300, 260)], ids=["small", "large"])
-def test_packed_linear_equals_the_module_and_follows_weight_changes(shape, avx512, monkeypatch):
+def test_packed_linear_equals_the_module_and_follows_weight_changes(shape, avx512, rows, monkeypatch):
     monkeypatch.setattr(rewrites, "_has_avx512", lambda: avx512)  # both layouts, on any CPU
     linear = nn.Linear(*shape)
     x = torch.randn(5, shape[0])
     with torch.inference_mode():
-        product = packed_linear(linear, rows=5)
+        product = packed_linear(linear, rows)
         torch.testing.assert_close(product(x), linear(x), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         linear.weight.mul_(2.0)  # an in-place change (an optimizer step): the packed copy is remade
     with torch.inference_mode():
-        torch.testing.assert_close(packed_linear(linear, rows=5)(x), linear(x), rtol=1e-5, atol=1e-5)
-    assert packed_linear(linear, rows=5) is linear  # with gradients enabled: the module itself
+        torch.testing.assert_close(packed_linear(linear, rows)(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert packed_linear(linear, rows) is linear  # with gradients enabled: the module itself
 
 
 def test_packed_linear_under_bf16_autocast_computes_what_autocast_computes():
@@ -198,7 +199,7 @@ def test_packed_linear_under_bf16_autocast_computes_what_autocast_computes():
         assert packed_linear(linear, rows=5) is linear  # only bf16 autocast is laid out
 
 
-def test_packed_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkeypatch):
+def test_fast_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkeypatch):
     encoder = tiny().get_encoder()
     inputs = sources()
     hooked = encoder.layers[0].ffn.fc1
@@ -206,7 +207,7 @@ def test_packed_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkey
     calls = []
     with torch.inference_mode():
         expected = encoder(**inputs).last_hidden_state
-        mode = rewrites.PackedLinears(encoder, rows=21)
+        mode = rewrites.FastLinears(encoder)
         for weight, bias, product in mode.products.values():  # count the packed products that run
             mode.products[id(weight)] = (weight, bias, lambda x, product=product: calls.append(1) or product(x))
         with mode:
@@ -217,10 +218,10 @@ def test_packed_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkey
     torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_generate_runs_the_encoder_packed(monkeypatch):
+def test_fast_generate_runs_the_encoder_through_fast_linears(monkeypatch):
     modes = []
-    original = rewrites.PackedLinears.__init__
-    monkeypatch.setattr(rewrites.PackedLinears, "__init__", lambda self, *a: modes.append(self) or original(self, *a))
+    original = rewrites.FastLinears.__init__
+    monkeypatch.setattr(rewrites.FastLinears, "__init__", lambda self, *a: modes.append(self) or original(self, *a))
     model = tiny()
     reference, fast = both(model, **sources(), max_new_tokens=6)
     assert torch.equal(reference, fast)

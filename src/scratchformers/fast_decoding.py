@@ -155,9 +155,8 @@ class FastDecoder:
         return x.view(x.shape[0], -1, heads, self.head_dim).transpose(1, 2)
 
     def _source_keys_values(self, attention: MultiHeadAttention, source: torch.Tensor):
-        rows = source.reshape(-1, source.shape[-1])  # once per source: laid out for these rows, not the step's
-        key = packed_linear(attention.k_proj, len(rows))(rows)
-        value = packed_linear(attention.v_proj, len(rows))(rows)
+        rows = source.reshape(-1, source.shape[-1])  # once per source: the weights as stored
+        key, value = packed_linear(attention.k_proj)(rows), packed_linear(attention.v_proj)(rows)
         key = key.view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
         value = value.view(*source.shape[:2], self.kv_heads, self.head_dim).transpose(1, 2)
         if attention.k_norm is not None:

@@ -38,7 +38,7 @@ from .layers import (
 from .modeling_base import ScratchPreTrainedModel, cross_entropy
 from .fast_decoding import fast_beam_search, fast_greedy_search, unsupported_reason
 from .rewrites import (
-    exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, packed_linears_while_generating,
+    exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, fast_linears_while_generating,
     shared_source_rows,
 )
 
@@ -296,8 +296,8 @@ class ScratchTransformerEncoder(ScratchTransformerStack):
         length = hidden.shape[1]
         mask = build_attention_mask(attention_mask, length, length, causal=False)
         position_embeddings = self.rotary_positions(hidden)
-        # While generating with the fast setting, the layers' products run from packed weights (``rewrites``).
-        with packed_linears_while_generating(self, self.config, hidden.shape[0] * length):
+        # While generating with the fast setting, the layers' products run through oneDNN (``rewrites``).
+        with fast_linears_while_generating(self, self.config):
             for layer in self.layers:
                 hidden = layer(hidden, mask, bool(output_attentions), position_embeddings)
         return BaseModelOutput(last_hidden_state=self.final_norm(hidden))

@@ -329,18 +329,15 @@ def _autocast_dtype(weight: torch.Tensor) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-#: ``packed_linear`` reorders a weight into oneDNN's blocked layout for at most this many rows per product; for
-#: more, oneDNN reads the weight as it is stored as fast (measured on the AMD EPYC with AVX-512: 384 rows, the
-#: encoder's products, 0.28 ms both; 64 rows 1.66 vs 1.69 ms), and the reorder, a copy per call, is saved.
-PACK_ROWS = 32
-
-
-def packed_linear(linear: nn.Module, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``linear`` as a function of ``[rows, in]`` inputs, from a copy of its weight laid out for the product.
+def packed_linear(linear: nn.Module, rows: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``linear`` as a function of ``[N, in]`` inputs, from its weight laid out for the product.
 
     A plain ``nn.Linear`` (``_plain_linear_call``) runs through oneDNN (on the CPU; see ``SMALL_WEIGHT``), its
-    weight packed for ``rows`` rows (up to ``PACK_ROWS``) or as stored, or from a transposed copy that ``addmm``
-    reads in storage order (as ``output_projection`` does). Under CPU bf16 autocast (where oneDNN computes bf16) the
+    weight packed into oneDNN's blocked layout for products of ``rows`` rows, or, with ``rows=None``, read as
+    stored (no copy: for a weight used once per call, where the reorder costs more than it saves; measured on the
+    AMD EPYC with AVX-512, oneDNN reads a stored weight as fast as a packed one at 384 rows, and packing paid at 16
+    and 64 rows only over many steps). Otherwise it runs from a transposed copy that ``addmm`` reads in storage
+    order (as ``output_projection`` does). Under CPU bf16 autocast (where oneDNN computes bf16) the
     copy is bf16 and the input is cast to it, as autocast casts ``F.linear``'s arguments, so the product is
     autocast's. The copy is made here, for one generation: no copy outlives the weights it was made from. Anything
     else (peft, int8, hooks, other autocast, gradients) is called as the module it is."""
@@ -365,7 +362,7 @@ def _onednn_activation(activation: Optional[nn.Module]) -> Optional[tuple[str, s
     return fused
 
 
-def fused_linear(linears: list[nn.Module], rows: int, activation: Optional[nn.Module] = None
+def fused_linear(linears: list[nn.Module], rows: Optional[int], activation: Optional[nn.Module] = None
                  ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """One product for plain ``nn.Linear`` layers that read the same input: their outputs side by side (``[rows,
     sum of outs]``, split by the caller), as ``packed_linear`` lays out one layer, with ``activation`` (a module)
@@ -389,7 +386,7 @@ def fused_linear(linears: list[nn.Module], rows: int, activation: Optional[nn.Mo
         weight, bias = weight.to(cast), None if bias is None else bias.to(cast)
     fused = _onednn_activation(activation) if activation is not None else None
     if _packs_with_onednn(weight):
-        layout = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if rows <= PACK_ROWS else weight
+        layout = weight if rows is None else torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         attr, algorithm = fused or ("none", "")
         product = lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, attr, [], algorithm)  # noqa: E731
     else:
@@ -419,17 +416,18 @@ def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> 
     return product if activation is None else (lambda x: activation(product(x)))
 
 
-class PackedLinears(TorchFunctionMode):
+class FastLinears(TorchFunctionMode):
     """Inside this mode, ``F.linear`` on the weight and bias of one of ``module``'s plain ``nn.Linear`` layers runs
-    through ``packed_linear`` (laid out for ``rows`` rows); everything else runs as it would. The encoder runs so
-    while generating (once per call, a full source per product). Module hooks still run: only the product of a
-    plain layer changes, and only without gradients, for inputs of the layout's dtype or under autocast."""
+    through ``packed_linear(layer)`` (oneDNN reading the weight as stored: on this AMD EPYC 2x ``F.linear``'s MKL
+    at the encoder's 384 rows); everything else runs as it would. The encoder runs so while generating (once per
+    call, a whole source per product). Module hooks still run: only the product of a plain layer changes, and
+    only without gradients, for inputs of the weight's dtype or under autocast."""
 
-    def __init__(self, module: nn.Module, rows: int):
+    def __init__(self, module: nn.Module):
         super().__init__()
         self.products: dict[int, tuple] = {}  # id(weight) -> (weight, bias, product)
         for layer in module.modules():
-            if type(layer) is nn.Linear and (product := packed_linear(layer, rows)) is not layer:
+            if type(layer) is nn.Linear and (product := packed_linear(layer)) is not layer:
                 self.products[id(layer.weight)] = (layer.weight, layer.bias, product)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -444,12 +442,12 @@ class PackedLinears(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def packed_linears_while_generating(module: nn.Module, config, rows: int):
-    """``PackedLinears(module, rows)`` inside a ``generate`` call of a fast model (``decoding_weight_layouts``),
-    without gradients and outside torch.compile; elsewhere a context that changes nothing."""
+def fast_linears_while_generating(module: nn.Module, config):
+    """``FastLinears(module)`` inside a ``generate`` call of a fast model (``decoding_weight_layouts``), without
+    gradients and outside torch.compile; elsewhere a context that changes nothing."""
     if (is_fast(config) and getattr(_DECODING, "layouts", None) is not None and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):
-        return PackedLinears(module, rows)
+        return FastLinears(module)
     return contextlib.nullcontext()
 
 
