@@ -8,6 +8,9 @@ trained model was held out from. The engines, all from the one saved model:
 
 - ``ours_fp32``: ``AutoModelForSeq2SeqLM.from_pretrained(--model)`` with ``config.forward_implementation`` =
   ``--forward-implementation``; ``ours_int8``: the README's ``scratchformers.quantize_int8`` of it;
+- ``ours_bf16``: the fp32 model's ``generate`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what the
+  translation pipeline runs on a CPU with native bf16 (``precision.native_bf16_cpu``); elsewhere skipped, unless
+  ``--bf16`` forces it;
 - ``ct2_fp32`` / ``ct2_int8``: ``scratchformers.export_ct2`` of it (``quantization=None`` / ``"int8"``), run by
   ``ctranslate2.Translator(device="cpu", intra_threads=--threads)``; skipped (keys null) without ``ctranslate2``.
 
@@ -17,6 +20,7 @@ the beam size), in alternating rounds; speed = source sentences per second, each
 ratios (ours / theirs). BLEU and chrF are sacreBLEU's, of the detokenised translations against the references.
 
 The last line of the output is one JSON object: ``int8_bleu_minus_fp32`` (the issue's quality bound: within 0.5),
+``bf16_bleu_minus_fp32``, ``bf16_vs_fp32``,
 ``int8_vs_ct2_int8`` and ``fp32_vs_ct2_fp32`` (ours / theirs, sentences/s), every engine's ``bleu`` / ``chrf`` /
 ``sentences_per_s``, and ``cpu``.
 """
@@ -35,10 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_common_arguments, alternate, loadavg, print_report  # noqa: E402
 from bench_decode import ENGINES, cpu_model, ct2_translators, int8  # noqa: E402
 
+from scratchformers.precision import native_bf16_cpu, native_bf16_reason  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RATIOS = {"fp32_vs_ct2_fp32": ("ours_fp32", "ct2_fp32"), "int8_vs_ct2_int8": ("ours_int8", "ct2_int8"),
-          "int8_vs_fp32": ("ours_int8", "ours_fp32"), "ct2_int8_vs_ct2_fp32": ("ct2_int8", "ct2_fp32")}
+          "int8_vs_fp32": ("ours_int8", "ours_fp32"), "ct2_int8_vs_ct2_fp32": ("ct2_int8", "ct2_fp32"),
+          "bf16_vs_fp32": ("ours_bf16", "ours_fp32"), "bf16_vs_ct2_fp32": ("ours_bf16", "ct2_fp32")}
 
 
 def smoke_model(directory: Path, sentences: list[str]) -> Path:
@@ -60,14 +67,17 @@ def batches(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def torch_translate_fn(model, tokenizer, sources: list[str], batch: int, num_beams: int, max_length: int):
-    """All of ``sources``, translated in batches by ``model.generate``: the decoded strings."""
+def torch_translate_fn(model, tokenizer, sources: list[str], batch: int, num_beams: int, max_length: int,
+                       bf16: bool = False):
+    """All of ``sources``, translated in batches by ``model.generate`` (under bf16 autocast if ``bf16``): the
+    decoded strings."""
     encoded = [tokenizer(chunk, return_tensors="pt", padding=True, truncation=True) for chunk in batches(sources, batch)]
 
     @torch.inference_mode()
     def run() -> list[str]:
-        outputs = [model.generate(**inputs, num_beams=num_beams, max_length=max_length, do_sample=False)
-                   for inputs in encoded]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = [model.generate(**inputs, num_beams=num_beams, max_length=max_length, do_sample=False)
+                       for inputs in encoded]
         return [text for rows in outputs for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     return run
@@ -126,6 +136,10 @@ def main(argv=None) -> dict:
     skipped: dict = {}
     runs = {name: torch_translate_fn(engine, tokenizer, sources, args.batch, num_beams, max_length)
             for name, engine in (("ours_fp32", model), ("ours_int8", int8(model)))}
+    if native_bf16_cpu() or args.bf16:
+        runs["ours_bf16"] = torch_translate_fn(model, tokenizer, sources, args.batch, num_beams, max_length, bf16=True)
+    else:
+        skipped["ours_bf16"] = f"no native bf16 ({native_bf16_reason()}): --bf16 runs it anyway"
     translators, _, ct2_version = ct2_translators(model, torch.get_num_threads(), skipped, tokenizer=tokenizer)
     for name, translator in translators.items():
         runs[name] = ct2_translate_fn(translator, tokenizer, sources, args.batch, num_beams, max_length)
@@ -148,6 +162,8 @@ def main(argv=None) -> dict:
                     "threads": torch.get_num_threads(), "cpu": cpu_model()}
     report.update({key: round(timing[key], 3) if key in timing else None for key in RATIOS})
     report["int8_bleu_minus_fp32"] = round(scores["ours_int8"]["bleu"] - scores["ours_fp32"]["bleu"], 2)
+    report["bf16_bleu_minus_fp32"] = (round(scores["ours_bf16"]["bleu"] - scores["ours_fp32"]["bleu"], 2)
+                                      if "ours_bf16" in scores else None)
     report["ct2_int8_bleu_minus_fp32"] = (round(scores["ct2_int8"]["bleu"] - scores["ours_fp32"]["bleu"], 2)
                                           if "ct2_int8" in scores else None)
     report["engines"] = {name: {**scores[name], "sentences_per_s": round(timing[name], 2)} for name in runs}

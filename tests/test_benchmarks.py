@@ -73,3 +73,7 @@ def test_bench_int8_reports_quality_and_ratios(capsys):
         assert report["int8_vs_ct2_int8"] > 0
     else:
         assert report["int8_vs_ct2_int8"] is None and "ct2_int8" in report["skipped"]
+    if "ours_bf16" in report["engines"]:  # a CPU with native bf16: the pipeline's autocast, timed and scored
+        assert report["bf16_vs_fp32"] > 0 and report["bf16_bleu_minus_fp32"] is not None
+    else:
+        assert report["bf16_vs_fp32"] is None and "native bf16" in report["skipped"]["ours_bf16"]
