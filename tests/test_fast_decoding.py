@@ -279,3 +279,12 @@ def test_rows_stay_in_the_batch_where_they_depend_on_each_other():
         int8.config.forward_implementation = implementation
         outputs.append(int8.generate(**inputs, num_beams=3, max_new_tokens=20))
     assert torch.equal(*outputs)
+
+
+def test_fast_decoding_of_a_bf16_model_gives_the_reference_tokens(monkeypatch):
+    model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=60).to(torch.bfloat16)
+    counter = StepCounter(monkeypatch)
+    for num_beams in (1, 3):
+        reference, fast = both(model, **sources(seed=1, vocab=16), max_new_tokens=10, num_beams=num_beams)
+        assert torch.equal(reference, fast)
+    assert counter.calls > 0

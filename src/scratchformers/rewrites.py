@@ -320,7 +320,9 @@ def _packs_with_onednn(weight: torch.Tensor) -> bool:
     if weight.device.type != "cpu" or not (torch.backends.mkldnn.is_available()
                                            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return False
-    return weight.dtype != torch.float32 or weight.numel() > SMALL_WEIGHT or _has_avx512()
+    if weight.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.float32 and (weight.numel() > SMALL_WEIGHT or _has_avx512())
 
 
 def _autocast_dtype(weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -402,7 +404,7 @@ def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> 
     quantized once for all, with the scale each layer would give it alone (the same input), so each output is the
     layer's own. None where a layer has hooks or a replaced ``forward``, or they differ in having a bias."""
     if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or any(
-            layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer) or hasattr(layer, "_hf_hook")
+            layer.weight.device.type != "cpu" or layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer) or hasattr(layer, "_hf_hook")
             or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
             for layer in layers):
         return None
