@@ -34,9 +34,9 @@ class StepCounter:
         self.calls = 0
         original = FastDecoder.step
 
-        def counted(decoder, tokens):
+        def counted(decoder, tokens, **kwargs):
             self.calls += 1
-            return original(decoder, tokens)
+            return original(decoder, tokens, **kwargs)
 
         monkeypatch.setattr(FastDecoder, "step", counted)
 

@@ -227,11 +227,15 @@ class FastDecoder:
         return x + sublayer(add_norm.norm(x)) if add_norm.pre_norm else add_norm.norm(x + sublayer(x))
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (``[rows]``); returns the next token's logits ``[rows, vocab]`` in float32."""
+    def step(self, tokens: torch.Tensor, log_softmax: bool = False) -> torch.Tensor:
+        """Feed one token per row (``[rows]``); returns the next token's logits ``[rows, vocab]`` in float32, or
+        with ``log_softmax`` their log-probabilities (computed for the computed rows only)."""
         if self.computed is None:
-            return self._step(tokens)
+            logits = self._step(tokens)
+            return nn.functional.log_softmax(logits, dim=-1) if log_softmax else logits
         logits = self._step(tokens[self.computed])
+        if log_softmax:
+            logits = nn.functional.log_softmax(logits, dim=-1)
         return logits.new_zeros(self.rows, logits.shape[-1]).index_copy_(0, self.computed, logits)
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -490,7 +490,7 @@ class _BeamSearch:
         while self.model._has_unfinished_sequences(this_peer_finished, self.synced_gpus, device=self.device):
             flat_sequences = self.sequences[:, :, : self.cur_len].flatten(0, 1)
             if self.decoder is not None:
-                log_probs = nn.functional.log_softmax(self.decoder.step(flat_sequences[:, -1]), dim=-1)
+                log_probs = self.decoder.step(flat_sequences[:, -1], log_softmax=True)
                 log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
                 this_peer_finished = self._step(log_probs)
                 if not this_peer_finished:
