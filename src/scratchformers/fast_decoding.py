@@ -15,12 +15,15 @@ What the written-out step saves, per generated token:
   ``rewrites.shared_source_rows`` does);
 - finished rows: a row whose search is over leaves the batch (``FastDecoder.keep_sources``), unless a layer's rows
   depend on each other (int8);
-- the weight layout: each plain ``nn.Linear`` runs from a copy of its weight laid out for the product once
-  (``packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster), once per generation.
+- the weight layout: each plain ``nn.Linear`` runs from a copy of its weight laid out for the product
+  (``rewrites.packed_linear``: packed by oneDNN, or transposed for MKL where that measured faster; bf16 under bf16
+  autocast), once per generation; the query, key and value projections as one product, the feed-forward
+  activation inside the first product's pass (``rewrites.fused_linear``; int8 layers likewise).
 
-The reference modules still do the arithmetic they own: the token embedding and positions, ``AddNorm``, the norms,
-the activation of the feed-forward network, a peft adapter or an ``Int8Linear`` (called as modules). The outputs
-are those of the reference up to float rounding (``tests/test_fast_decoding.py`` holds the tokens equal).
+The reference modules still do the arithmetic they own: the token embedding and positions, the norms, qk-norm,
+rotary positions, a gated or replaced activation, a peft adapter (called as modules); ``AddNorm`` is written out
+for the stock module only (its dropout and drop-path are the identity in eval mode). The outputs are those of the
+reference up to float rounding (``tests/test_fast_decoding.py`` holds the tokens equal).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 | `output_projection`          | the LM head's ``nn.Linear`` while decoding  | a transposed read of the [V, d] weight per step |
 | `exact_logits_processors`    | transformers' min-length logits processors  | a [V] mask and a [rows, V] ``where`` per step  |
 | `GrowingKeyValueLayer`       | the decoder's self-attention ``DynamicLayer`` | re-copying every past key/value at each step |
+| `packed_linear`, `fused_linear` | a plain ``nn.Linear`` (or several on one input) in fast decoding | reading the weight transposed; one product instead of three |
+| `FastLinears`                | the encoder's ``F.linear`` calls while generating | MKL's AVX2 code on AMD CPUs (oneDNN: 2x) |
 
 Greedy and beam search have their own written-out decoder step under the same switch: ``fast_decoding.py``.
 """
