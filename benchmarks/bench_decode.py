@@ -118,15 +118,22 @@ def compiled(model: nn.Module) -> nn.Module:
     return model
 
 
+def bf16_skip_reason(args) -> str | None:
+    """Why the bf16 engine does not run here (None: it runs): only where bf16 is native, unless ``--bf16``."""
+    if native_bf16_cpu() or args.bf16:
+        return None
+    return f"no native bf16 ({native_bf16_reason()}): bf16 would be emulated; --bf16 runs it anyway"
+
+
 def torch_engines(ours, hf, args, skipped: dict) -> dict:
     """name -> (model, autocast dtype) of the engines that run on torch."""
     engines = {"ours_fp32": (ours, None), "hf_fp32": (hf, None), "ours_int8": (int8(ours), None),
                "hf_int8": (int8(hf), None)}
-    if native_bf16_cpu() or args.bf16:
+    reason = bf16_skip_reason(args)
+    if reason is None:
         engines["ours_bf16"] = (ours, torch.bfloat16)
     else:
-        skipped["ours_bf16"] = (f"no native bf16 ({native_bf16_reason()}): bf16 would be emulated; --bf16 runs it "
-                                "anyway")
+        skipped["ours_bf16"] = reason
     if args.compile:
         engines["ours_compiled"] = (compiled(ours), None)
     else:

@@ -37,9 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_common_arguments, alternate, loadavg, print_report  # noqa: E402
-from bench_decode import ENGINES, cpu_model, ct2_translators, int8  # noqa: E402
-
-from scratchformers.precision import native_bf16_cpu, native_bf16_reason  # noqa: E402
+from bench_decode import ENGINES, bf16_skip_reason, cpu_model, ct2_translators, int8  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -136,10 +134,11 @@ def main(argv=None) -> dict:
     skipped: dict = {}
     runs = {name: torch_translate_fn(engine, tokenizer, sources, args.batch, num_beams, max_length)
             for name, engine in (("ours_fp32", model), ("ours_int8", int8(model)))}
-    if native_bf16_cpu() or args.bf16:
+    reason = bf16_skip_reason(args)
+    if reason is None:
         runs["ours_bf16"] = torch_translate_fn(model, tokenizer, sources, args.batch, num_beams, max_length, bf16=True)
     else:
-        skipped["ours_bf16"] = f"no native bf16 ({native_bf16_reason()}): --bf16 runs it anyway"
+        skipped["ours_bf16"] = reason
     translators, _, ct2_version = ct2_translators(model, torch.get_num_threads(), skipped, tokenizer=tokenizer)
     for name, translator in translators.items():
         runs[name] = ct2_translate_fn(translator, tokenizer, sources, args.batch, num_beams, max_length)

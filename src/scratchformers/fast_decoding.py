@@ -36,7 +36,7 @@ from torch import nn
 from .compat import cache_of
 from .generation import _BeamSearch
 from .layers import AddNorm, FeedForward, MultiHeadAttention, apply_rotary, repeat_key_value_heads
-from .rewrites import fused_linear, is_fast, packed_linear, process_owned_scores
+from .rewrites import fused_linear, is_fast, packed_linear, process_owned_scores, runs_as_written
 
 def unsupported_reason(model, generation_config, model_kwargs: dict, rows: Optional[int] = None) -> Optional[str]:
     """Why ``FastDecoder`` cannot stand in for ``model``'s decoder here, or None when it can (``rows``: the
@@ -97,7 +97,7 @@ class FastDecoder:
         self.heads, self.head_dim = attention.num_heads, attention.head_dim
         self.kv_heads = attention.num_key_value_heads
         self.qkv_widths = [self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2
-        self.linear: dict[nn.Module, Callable] = {}  # module -> the function that computes it (``packed_linear``)
+        self.linear: dict[nn.Module, Optional[Callable]] = {}  # module -> what computes it (``fused_linear``)
         device, dtype = encoder_hidden_states.device, encoder_hidden_states.dtype
         # Allocated at the first step, in the dtype of its keys (bf16 under bf16 autocast, as the reference's cache).
         self.cache_shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
@@ -141,14 +141,12 @@ class FastDecoder:
         self.computed = rows
 
     def _call(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A linear layer of the step, through ``packed_linear`` (made on first use)."""
-        function = self.linear.get(linear)
-        if function is None:
-            function = self.linear[linear] = packed_linear(linear, self.rows)
-        return function(x)
+        """A linear layer of the step, through ``rewrites.packed_linear`` (made on first use)."""
+        return (self._fused(linear, [linear]) or linear)(x)
 
     def _fused(self, key, linears: list[nn.Module], activation: Optional[nn.Module] = None) -> Optional[Callable]:
-        """``rewrites.fused_linear`` of ``linears`` (made on first use; None where they cannot be fused)."""
+        """``rewrites.fused_linear`` of ``linears`` for the step's rows (made on first use, kept under ``key``;
+        None where they cannot be laid out or fused)."""
         if key not in self.linear:
             self.linear[key] = fused_linear(linears, self.rows, activation)
         return self.linear[key]
@@ -224,8 +222,7 @@ class FastDecoder:
     def _add_norm(self, add_norm: AddNorm, x: torch.Tensor, sublayer: Callable) -> torch.Tensor:
         """``add_norm(x, sublayer)``; written out for a stock ``AddNorm``, whose dropout and drop-path are the
         identity in eval mode."""
-        if type(add_norm) is not AddNorm or "forward" in vars(add_norm) or add_norm._forward_hooks \
-                or add_norm._forward_pre_hooks:
+        if type(add_norm) is not AddNorm or not runs_as_written(add_norm):
             return add_norm(x, sublayer)
         return x + sublayer(add_norm.norm(x)) if add_norm.pre_norm else add_norm.norm(x + sublayer(x))
 

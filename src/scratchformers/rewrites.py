@@ -289,6 +289,15 @@ def output_projection(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.view(*hidden.shape[:-1], transposed.shape[-1])
 
 
+def runs_as_written(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs its class's ``forward`` and nothing else: no ``forward`` replaced on the
+    instance, no hooks of its own, no accelerate hook, no global module hooks. A rewrite may then compute what
+    that ``forward`` computes without calling it."""
+    return ("forward" not in vars(module) and not hasattr(module, "_hf_hook")
+            and not (module._forward_hooks or module._forward_pre_hooks)
+            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks))
+
+
 def _plain_linear_call(module: nn.Module, hidden: torch.Tensor, autocast: bool = False) -> bool:
     """Whether calling ``module`` on ``hidden`` is nothing but ``F.linear`` with its own weight, without gradients:
     a plain ``nn.Linear`` (no subclass, no replaced ``forward``, no hooks: accelerate's offloading, a user's
@@ -297,10 +306,7 @@ def _plain_linear_call(module: nn.Module, hidden: torch.Tensor, autocast: bool =
     weight = getattr(module, "weight", None)
     return (type(module) is nn.Linear and isinstance(weight, torch.Tensor) and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and (autocast or not torch.is_autocast_enabled(hidden.device.type))
-            and "forward" not in module.__dict__ and not hasattr(module, "_hf_hook")
-            and not (module._forward_hooks or module._forward_pre_hooks)
-            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
-            and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
+            and runs_as_written(module) and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
 
 
 #: float32 weights of at most this many entries run from a transposed copy through MKL where the CPU has no AVX-512,
@@ -357,7 +363,7 @@ _ONEDNN_ACTIVATIONS = {nn.ReLU: ("relu", ""), nn.SiLU: ("swish", ""), SiLUActiva
 
 def _onednn_activation(activation: Optional[nn.Module]) -> Optional[tuple[str, str]]:
     fused = _ONEDNN_ACTIVATIONS.get(type(activation))
-    if fused is None or activation._forward_hooks or activation._forward_pre_hooks or "forward" in vars(activation):
+    if fused is None or not runs_as_written(activation):
         return None
     if type(activation) is GELUActivation and getattr(activation, "act", None) is not nn.functional.gelu:
         return None
@@ -405,10 +411,8 @@ def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> 
     """``Int8Linear`` layers (without hooks, without gradients) side by side as one int8 product: the input is
     quantized once for all, with the scale each layer would give it alone (the same input), so each output is the
     layer's own. None where a layer has hooks or a replaced ``forward``, or they differ in having a bias."""
-    if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or any(
-            layer.weight.device.type != "cpu" or layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer) or hasattr(layer, "_hf_hook")
-            or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-            for layer in layers):
+    if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or not all(
+            layer.weight.device.type == "cpu" and runs_as_written(layer) for layer in layers):
         return None
     if len(layers) == 1:
         packed = layers[0].packed_weight()
