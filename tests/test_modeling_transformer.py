@@ -87,8 +87,8 @@ def test_output_hidden_states_counts(padded_batch):
     torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
 
 
-def test_loss_is_label_smoothed_cross_entropy_ignoring_minus_100(padded_batch):
-    model = make_model(label_smoothing=0.1)
+def test_training_loss_is_label_smoothed_cross_entropy_ignoring_minus_100(padded_batch):
+    model = make_model(label_smoothing=0.1).train()  # dropout 0: train mode changes the loss only
     labels = padded_batch["decoder_input_ids"].clone()
     labels[0, 3:] = -100
     out = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"], labels=labels)

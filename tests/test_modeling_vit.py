@@ -187,8 +187,8 @@ def test_wrong_inputs_give_clear_errors(call, message):
         call(tiny_vit())
 
 
-def test_single_label_loss_is_label_smoothed_cross_entropy():
-    model = tiny_vit(label_smoothing=0.1)
+def test_single_label_training_loss_is_label_smoothed_cross_entropy():
+    model = tiny_vit(label_smoothing=0.1).train()  # no dropout: train mode changes the loss only
     labels = torch.tensor([2, -100, 0])
     out = model(pixels(batch=3), labels=labels)
     expected = nn.functional.cross_entropy(out.logits, labels, label_smoothing=0.1, ignore_index=-100)

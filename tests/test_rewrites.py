@@ -56,7 +56,7 @@ def test_cross_entropy_rewrite_equals_the_reference_and_torch(smoothing):
     labels[0, 3:] = -100
     upstream = 3.0
     results = {}
-    for name, loss in (("rewrite", rewrites.cross_entropy), ("reference", layers.cross_entropy)):
+    for name, loss in (("rewrite", rewrites.softmax_cross_entropy), ("reference", layers.cross_entropy)):
         value = loss(logits, labels, label_smoothing=smoothing)
         results[name] = (value, *torch.autograd.grad(upstream * value, logits))
     torch_loss = nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), label_smoothing=smoothing)
@@ -64,7 +64,7 @@ def test_cross_entropy_rewrite_equals_the_reference_and_torch(smoothing):
     torch.testing.assert_close(results["rewrite"][0], results["reference"][0])
     torch.testing.assert_close(results["rewrite"][1], results["reference"][1])
     assert torch.all(results["rewrite"][1][0, 3:] == 0)  # ignored positions get no gradient
-    for loss in (rewrites.cross_entropy, layers.cross_entropy):
+    for loss in (rewrites.softmax_cross_entropy, layers.cross_entropy):
         assert torch.isnan(loss(logits, torch.full((2, 5), -100)))  # nothing to average, like torch
 
 
@@ -72,7 +72,7 @@ def test_cross_entropy_rewrite_under_bf16_autocast():
     logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(1)).bfloat16().requires_grad_()
     labels = torch.tensor([1, 2, -100, 8])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = rewrites.cross_entropy(logits, labels, label_smoothing=0.1)
+        ours = rewrites.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
         reference = layers.cross_entropy(logits, labels, label_smoothing=0.1)
     assert ours.dtype == reference.dtype == torch.float32
     torch.testing.assert_close(ours, reference)

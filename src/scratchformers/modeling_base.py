@@ -1,5 +1,5 @@
 """What the Transformer's and the ViT's ``PreTrainedModel`` classes share: checked loading, self-contained
-checkpoints, the capabilities transformers reads, the initialisation, and the one loss both models train with."""
+checkpoints, the capabilities transformers reads, the initialisation, and the one loss every model returns."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .layers import cross_entropy as reference_cross_entropy, init_weights
-from .rewrites import cross_entropy as fast_cross_entropy, is_fast
+from .layers import cross_entropy, init_weights
+from .rewrites import is_fast, softmax_cross_entropy
 from .quantization import replace_linears
 from .remote_code import CheckedLoadingMixin, RemoteCodeMixin
 
@@ -34,8 +34,15 @@ class ScratchPreTrainedModel(CheckedLoadingMixin, RemoteCodeMixin, PreTrainedMod
         super().post_init()
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The loss of both models: cross-entropy ignoring label -100, label-smoothed by ``config.label_smoothing``
-    (``layers.cross_entropy``, or its rewrite with ``forward_implementation="fast"``)."""
-    loss = fast_cross_entropy if is_fast(config) else reference_cross_entropy
-    return loss(logits, labels, ignore_index=-100, label_smoothing=config.label_smoothing)
+def model_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config, training: bool) -> torch.Tensor:
+    """The ``loss`` every model returns: cross-entropy ignoring label -100 (``layers.cross_entropy``, or its exact
+    rewrite ``rewrites.softmax_cross_entropy`` with ``forward_implementation="fast"``).
+
+    Label smoothing (``config.label_smoothing``) is a regulariser of training, like dropout, so it acts only when
+    ``training`` (the module's train mode). In eval mode the loss is the plain negative log-likelihood, as a native
+    Hugging Face model returns it: the Trainer's ``eval_loss`` and ``exp(loss)`` are the held-out NLL and the
+    perplexity whatever smoothing the model was trained with. (fairseq returns both a smoothed ``loss`` and an
+    ``nll_loss``; an extra output field would not reach ``eval_loss``, which the Trainer reads from ``loss``.)
+    """
+    loss = softmax_cross_entropy if is_fast(config) else cross_entropy
+    return loss(logits, labels, ignore_index=-100, label_smoothing=config.label_smoothing if training else 0.0)

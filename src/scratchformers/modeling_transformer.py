@@ -35,7 +35,7 @@ from .layers import (
     make_positional_encoding,
     resolve_attention_function,
 )
-from .modeling_base import ScratchPreTrainedModel, cross_entropy
+from .modeling_base import ScratchPreTrainedModel, model_cross_entropy
 from .fast_decoding import fast_beam_search, fast_greedy_search, unsupported_reason
 from .rewrites import (
     exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, fast_linears_while_generating,
@@ -612,7 +612,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         logits = output_projection(self.lm_head, hidden) if is_fast(self.config) else self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits, labels, self.config)
+            loss = model_cross_entropy(logits, labels, self.config, self.training)
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -29,7 +29,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_vit import ScratchViTConfig
 from .image_processing_vit import make_image_processor
 from .layers import AddNorm, MultiHeadAttention, RotaryPositionalEncoding, make_feed_forward, make_norm
-from .modeling_base import ScratchPreTrainedModel, cross_entropy
+from .modeling_base import ScratchPreTrainedModel, model_cross_entropy
 from .rewrites import is_fast, vit_layer_applies, vit_layer_forward
 
 
@@ -295,12 +295,15 @@ class ScratchViTModel(ScratchViTPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden))
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ScratchViTConfig) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, config: ScratchViTConfig, training: bool = False
+) -> torch.Tensor:
     """The loss Hugging Face's classifiers use, chosen by ``config.problem_type`` (inferred and stored if unset):
 
     - ``regression`` (num_labels == 1, or set explicitly): mean squared error;
-    - ``single_label_classification`` (integer labels): cross-entropy, label-smoothed by ``config.label_smoothing``,
-      ignoring label -100 (``modeling_base.cross_entropy``, the seq2seq model's loss too);
+    - ``single_label_classification`` (integer labels): cross-entropy ignoring label -100, label-smoothed by
+      ``config.label_smoothing`` while ``training`` only (``modeling_base.model_cross_entropy``, the seq2seq
+      model's loss too);
     - ``multi_label_classification`` (float multi-hot labels): binary cross-entropy with logits.
     """
     num_labels = config.num_labels
@@ -318,7 +321,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Scra
             return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
         return nn.functional.mse_loss(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
-        return cross_entropy(logits.view(-1, num_labels), labels.view(-1), config)
+        return model_cross_entropy(logits.view(-1, num_labels), labels.view(-1), config, training)
     return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -360,7 +363,7 @@ class ScratchViTForImageClassification(ScratchViTPreTrainedModel):
             pooled_only=True,
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        loss = classification_loss(logits, labels, self.config, self.training) if labels is not None else None
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

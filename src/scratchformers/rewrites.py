@@ -13,7 +13,7 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 | `vit_attention_heads`        | `MultiHeadAttention` steps 1-2 in the ViT   | the key bias at inference, the value bias      |
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
 | `vit_layer_forward`          | `ScratchViTLayer.forward` (where `vit_layer_applies`) | the three above together             |
-| `cross_entropy`              | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
+| `softmax_cross_entropy`      | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
 | `output_projection`          | the LM head's ``nn.Linear`` while decoding  | a transposed read of the [V, d] weight per step |
 | `exact_logits_processors`    | transformers' min-length logits processors  | a [V] mask and a [rows, V] ``where`` per step  |
 | `GrowingKeyValueLayer`       | the decoder's self-attention ``DynamicLayer`` | re-copying every past key/value at each step |
@@ -234,7 +234,7 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         return grad, None, None, None
 
 
-def cross_entropy(
+def softmax_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     """``layers.cross_entropy`` through ``SoftmaxCrossEntropy``: same value and gradient, less memory."""
