@@ -97,6 +97,56 @@ def test_weights_without_the_shared_embedding_are_refused(saved, auto_class):
         auto_class.from_pretrained(directory)
 
 
+def _kernelized_modules(model) -> list[str]:
+    """Modules whose forward is no longer their class's: what hub kernels would have replaced."""
+    return [name for name, module in model.named_modules()
+            if "forward" in vars(module) or getattr(module, "_kernel_funcs", None)]
+
+
+def _hub_kernels_available() -> bool:
+    from transformers.utils import is_kernels_available
+
+    return is_kernels_available()
+
+
+def test_loading_leaves_hub_kernels_off(saved):
+    """transformers 5.25 kernelizes loaded models by default (our FeedForward's GELU/SiLU are kernel-replaceable on
+    CUDA); our models load as saved, on every admitted release."""
+    model, directory = saved
+    for auto_class in (AutoModelForSeq2SeqLM, AutoModel):
+        loaded = auto_class.from_pretrained(directory)
+        assert loaded.use_kernels is False
+        assert _kernelized_modules(loaded) == []
+
+
+@pytest.mark.skipif(not _hub_kernels_available(), reason="no compatible `kernels` for this transformers release")
+def test_hub_kernels_asked_for_change_nothing_on_the_cpu(saved, padded_batch, monkeypatch):
+    """Offline on the CPU, `use_kernels=True` replaces nothing (the hub's GELU/SiLU kernels are CUDA/ROCm/XPU only)
+    and reaches no network: same logits, the fast path's tokens unchanged."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, directory = saved
+    reference = AutoModelForSeq2SeqLM.from_pretrained(directory, use_kernels=False)
+    kernelized = AutoModelForSeq2SeqLM.from_pretrained(directory, use_kernels=True)
+    assert kernelized.use_kernels is True and _kernelized_modules(kernelized) == []
+    torch.testing.assert_close(kernelized(**padded_batch).logits, reference(**padded_batch).logits, atol=0, rtol=0)
+    for implementation in ("reference", "fast"):
+        reference.config.forward_implementation = kernelized.config.forward_implementation = implementation
+        inputs = {"input_ids": padded_batch["input_ids"], "attention_mask": padded_batch["attention_mask"]}
+        assert torch.equal(kernelized.generate(**inputs, num_beams=2, max_new_tokens=6),
+                           reference.generate(**inputs, num_beams=2, max_new_tokens=6))
+
+
+@pytest.mark.skipif(not _hub_kernels_available(), reason="no compatible `kernels` for this transformers release")
+def test_incomplete_checkpoint_is_refused_before_kernelize(saved):
+    """With kernels asked for, `kernelize` would meet the missing embedding first ('Unsupported device type meta')."""
+    _, directory = saved
+    tensors = load_file(directory / "model.safetensors")
+    del tensors["model.shared.weight"]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(OSError, match=r"lack .*shared\.weight.*: the checkpoint is incomplete"):
+        AutoModelForSeq2SeqLM.from_pretrained(directory, use_kernels=True)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_weights_give_a_clear_error(saved, damage):
     _, directory = saved

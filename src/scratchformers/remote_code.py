@@ -99,6 +99,11 @@ class CheckedLoadingMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         from safetensors import SafetensorError
 
+        # transformers >= 5.25 kernelizes every loaded model unless told otherwise: on CUDA (ROCm, XPU) it swaps the
+        # forward of transformers' GELUActivation / SiLUActivation, which our FeedForward uses, for code downloaded
+        # from the hub. That would silently change a textbook layer's numerics and hide it from the fast path, so our
+        # models load as they were saved; `use_kernels=True` still asks for the hub kernels explicitly.
+        kwargs.setdefault("use_kernels", False)
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
@@ -118,6 +123,13 @@ class CheckedLoadingMixin:
                 stacklevel=2,
             )
         return model
+
+    def set_use_kernels(self, use_kernels, *args, **kwargs):
+        """Refuse an incomplete checkpoint before ``kernelize`` (run at the end of ``from_pretrained`` when kernels
+        are asked for) meets its meta tensors and fails with an unrelated device error."""
+        if use_kernels:
+            check_no_meta_tensors(self, getattr(self.config, "name_or_path", "") or type(self).__name__)
+        return super().set_use_kernels(use_kernels, *args, **kwargs)
 
 
 def check_no_meta_tensors(model, source) -> None:
