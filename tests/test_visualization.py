@@ -213,3 +213,101 @@ def test_training_curves_plot_the_logged_losses_and_the_metric(tmp_path):
     assert metric_axis.get_lines()[0].get_xydata().tolist() == [[20, 1.5], [40, 4.0]]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert len(plot_training_curves(history[:1]).axes) == 1  # no evaluation yet: the loss panel alone
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Beam search as a tree
+# --------------------------------------------------------------------------------------------------------------
+def the_notes_example(prefixes):
+    """The notes' tree after "The" (tokens 1 dog, 2 nice, 3 car, 4 has, 5 woman, 6 house, 7 guy, 8 runs, 9 is;
+    0 is the end token): greedy's "nice woman" 0.5 x 0.4 = 0.20 loses to "dog has" 0.4 x 0.9 = 0.36."""
+    table = {(): {1: 0.4, 2: 0.5, 3: 0.1}, (1,): {4: 0.9, 8: 0.05, 9: 0.05}, (2,): {5: 0.4, 6: 0.3, 7: 0.3},
+             (3,): {8: 0.5, 9: 0.5}}
+    rows = torch.zeros(len(prefixes), 10)
+    for i, prefix in enumerate(prefixes):
+        for token, probability in table.get(prefix, {0: 1.0}).items():
+            rows[i, token] = probability
+    return rows
+
+
+def test_exhaustive_best_finds_the_notes_036_over_greedys_020():
+    from scratchformers.visualization import exhaustive_best
+
+    best, probability, expanded = exhaustive_best(the_notes_example, 2, [0], (2, 5), 0.2, max_prefixes=100)
+    assert best == (1, 4) and probability == pytest.approx(0.36)
+    assert expanded == 1 + 2  # "car" (0.1 < 0.2) is never expanded
+    with pytest.raises(ValueError, match="more than max_prefixes=2 prefixes"):
+        exhaustive_best(the_notes_example, 2, [0], (2, 5), 0.2, max_prefixes=2)
+
+
+def sequence_probabilities(model, input_ids, length: int, excluded: list[int]) -> dict[tuple, float]:
+    """Independent oracle: the probability of every sequence of ``length`` tokens (not ``excluded``), enumerated."""
+    start = model.config.decoder_start_token_id
+    sequences = {(): 1.0}
+    for _ in range(length):
+        prefixes = list(sequences)
+        decoder = torch.tensor([[start, *prefix] for prefix in prefixes])
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.expand(len(prefixes), -1), decoder_input_ids=decoder).logits[:, -1]
+        probabilities = torch.softmax(logits, -1).double()
+        sequences = {(*prefix, token): sequences[prefix] * float(probabilities[i, token])
+                     for i, prefix in enumerate(prefixes) for token in range(logits.shape[-1]) if token not in excluded}
+    return sequences
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_beam_search_tree_agrees_with_generate_and_with_enumerating_every_sequence(model_and_tokenizer, source):
+    model, tokenizer = model_and_tokenizer
+    excluded = [model.config.eos_token_id, model.config.pad_token_id]
+    result = sf.plot_beam_search(model, tokenizer, source, num_beams=2, max_new_tokens=2)
+    input_ids = tokenizer(source, return_tensors="pt")["input_ids"]
+    every = sequence_probabilities(model, input_ids, 2, excluded)
+    best = max(every, key=every.get)
+    assert result.best == best and result.best_probability == pytest.approx(every[best], rel=1e-5)
+    for sequence, node in result.nodes.items():  # each leaf: the product of the probabilities along its path
+        if len(sequence) == 2:
+            assert node.sequence_probability == pytest.approx(every[sequence], rel=1e-5)
+    for depth, kept in enumerate(result.beams, 1):  # the beams: the two most probable of their expansions
+        assert [result.nodes[s].kept for s in kept] == [True, True] and len(kept[0]) == depth
+    generated = model.generate(input_ids, max_new_tokens=2, num_beams=2, length_penalty=0.0, suppress_tokens=excluded,
+                               early_stopping=True)
+    greedy = model.generate(input_ids, max_new_tokens=2, num_beams=1, do_sample=False, suppress_tokens=excluded)
+    assert result.beam == tuple(generated[0, 1:].tolist()) and result.greedy == tuple(greedy[0, 1:].tolist())
+    assert result.greedy_probability == pytest.approx(every[result.greedy], rel=1e-5)
+    assert result.beam_probability == pytest.approx(every[result.beam], rel=1e-5)
+
+
+def test_beam_search_tree_shows_beams_beating_greedy(model_and_tokenizer, tmp_path):
+    """Three tokens: the greedy path is not the best; beam search (2 beams) finds the exhaustive search's best."""
+    model, tokenizer = model_and_tokenizer
+    result = sf.plot_beam_search(model, tokenizer, SOURCES[2], path=tmp_path / "beams.png")
+    assert_png(tmp_path / "beams.png", result)
+    assert result.greedy_probability < result.beam_probability == pytest.approx(result.best_probability, rel=1e-6)
+    assert result.greedy != result.best and result.beam == result.best
+    # Each node's probability is the model's next-token probability after its prefix (teacher forcing).
+    input_ids = tokenizer(SOURCES[2], return_tensors="pt")["input_ids"]
+    for sequence in (result.greedy, result.best):
+        decoder = torch.tensor([[model.config.decoder_start_token_id, *sequence[:-1]]])
+        with torch.no_grad():
+            probabilities = torch.softmax(model(input_ids=input_ids, decoder_input_ids=decoder).logits[0], -1)
+        steps = [float(probabilities[i, token]) for i, token in enumerate(sequence)]
+        for depth in range(1, 4):
+            assert result.nodes[sequence[:depth]].probability == pytest.approx(steps[depth - 1], rel=1e-5)
+        assert result.nodes[sequence].sequence_probability == pytest.approx(float(np.prod(steps)), rel=1e-5)
+        assert result.nodes[sequence].greedy == (sequence == result.greedy) and result.nodes[sequence].best == (
+            sequence == result.best)
+    # Every kept beam was expanded into top_k = 3 children; the figure labels each node with its probability.
+    for kept in result.beams[:-1]:
+        for sequence in kept:
+            assert sum(1 for s in result.nodes if s[:-1] == sequence and len(s) == len(sequence) + 1) >= 3
+    texts = {text.get_text() for text in result.figure.axes[0].texts}
+    assert all(f"{node.text}  {node.probability:.2f}" in texts for node in result.nodes.values())
+    assert f"{result.greedy_probability:.3g}" in result.figure.axes[0].get_title()
+
+
+def test_beam_search_tree_bad_arguments_are_named(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="num_beams=0, max_new_tokens=3 and top_k=3 must be at least 1"):
+        sf.plot_beam_search(model, tokenizer, SOURCES[0], num_beams=0)
+    with pytest.raises(ValueError, match="max_prefixes=5"):
+        sf.plot_beam_search(model, tokenizer, SOURCES[0], max_prefixes=5)

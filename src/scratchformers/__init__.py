@@ -33,7 +33,7 @@ from .pipeline_image_classification import ImageClassificationPipeline
 from .pipeline_translation import TranslationPipeline, translation_languages
 from .quantization import Int8Linear, quantize_int8
 from .tokenization import train_tokenizer
-from .visualization import plot_attention, plot_vit_attention
+from .visualization import plot_attention, plot_beam_search, plot_vit_attention
 
 # The encoder-decoder Transformer.
 AutoConfig.register("scratch_transformer", ScratchTransformerConfig, exist_ok=True)
@@ -100,6 +100,7 @@ __all__ = [
     "marian_to_scratch",
     "vit_to_scratch",
     "plot_attention",
+    "plot_beam_search",
     "plot_vit_attention",
     "quantize_int8",
     "Int8Linear",
