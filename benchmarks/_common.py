@@ -11,7 +11,12 @@ cannot be attributed to one of two alternating models. ``PeakTensorMemory`` coun
 the bytes of every live tensor storage (parameters, buffers, gradients, optimizer states, activations saved for
 backward, temporaries) it sees in torch's dispatcher, freed when the storage dies, and records the maximum. That is
 what ``torch.cuda.max_memory_allocated`` reports on a GPU, minus the caching allocator's rounding. Views share one
-storage and are counted once. (The benchmarks run the models on the CPU; this project had no GPU to run them on.)
+storage and are counted once. On a GPU (``--device cuda``) the benchmarks also report the CUDA caching allocator's
+own peak (``cuda_peak_memory``): the most memory a step held above what was allocated when it began.
+
+Devices. ``--device`` (default ``cpu``) places both models and their inputs; ``--autocast bf16`` runs the timed parts
+under bf16 autocast on that device (how one trains on a GPU). CUDA work is asynchronous: every timed call is
+followed by ``torch.cuda.synchronize`` (``synchronize``), so a throughput counts finished work.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
-def machine(clock: str = "wall") -> str:
-    """A one-line description of where the numbers were taken (the models run on the CPU)."""
+def machine(clock: str = "wall", device: str = "cpu") -> str:
+    """A one-line description of where the numbers were taken (and the GPU's name where ``device`` is one)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -38,8 +43,9 @@ def machine(clock: str = "wall") -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = f"gpu: {torch.cuda.get_device_name(torch.device(device))}, " if torch.device(device).type == "cuda" else ""
     return (
-        f"cpu: {model}, {torch.get_num_threads()} threads, torch {torch.__version__}, {clock} clock, "
+        f"{gpu}cpu: {model}, {torch.get_num_threads()} threads, torch {torch.__version__}, {clock} clock, "
         f"load {load:.1f} on {os.cpu_count()} cores"
     )
 
@@ -51,13 +57,21 @@ def loadavg() -> float:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work (nothing on a CPU-only run): a timer read after it counts finished work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def seconds_per_call(fn: Callable[[], object], calls: int, clock: str = "wall") -> float:
     """Seconds per call of ``fn``. ``clock="cpu"`` counts the process's CPU time (all its threads) instead of wall
     time: on a machine shared with other jobs it leaves out the time the process waits for a core."""
     now = CLOCKS[clock]
+    synchronize()
     start = now()
     for _ in range(calls):
         fn()
+    synchronize()
     return (now() - start) / calls
 
 
@@ -98,6 +112,27 @@ def add_common_arguments(parser, rounds: int) -> None:
     parser.add_argument("--forward-implementation", choices=["reference", "fast"], default="fast",
                         help="ours: the reference composition of layers.py, or its exact rewrites (rewrites.py)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for the test suite")
+    parser.add_argument("--device", default="cpu", help="where both models run: cpu, cuda, cuda:1 ...")
+    parser.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                        help="bf16: the timed parts under bf16 autocast on --device (how one trains on a GPU)")
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch device; a one-line error where it is no device or not on this machine."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise SystemExit(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch {torch.__version__}); use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {device}: the benchmarks run on cpu or cuda")
+    return parsed
+
+
+def autocast_dtype(args) -> torch.dtype | None:
+    """The dtype of ``--autocast`` (None: fp32)."""
+    return torch.bfloat16 if getattr(args, "autocast", "none") == "bf16" else None
 
 
 def add_seq2seq_arguments(parser, sizes, batch: int, src_len: int) -> None:
@@ -114,7 +149,7 @@ def print_report(report: dict, args, load_before: float) -> dict:
     print it as the one-line JSON object the benchmarks end with."""
     report["forward_implementation"] = args.forward_implementation
     report["load_avg"] = [load_before, loadavg()]
-    report["device"] = machine(args.clock)
+    report["device"] = machine(args.clock, getattr(args, "device", "cpu"))
     print(json.dumps(report))
     return report
 
@@ -136,6 +171,8 @@ def measure(
     result["outputs"] = outputs
     if memory:
         result["memory"] = {name: peak_memory(fn) for name, fn in workloads.items()}
+        if torch.device(getattr(args, "device", "cpu")).type == "cuda":
+            result["cuda_memory"] = {name: cuda_peak_memory(fn) for name, fn in workloads.items()}
     return result
 
 
@@ -150,6 +187,9 @@ def report_fields(part: str, unit: str, result: dict, digits: int = 1, memory_ra
     }
     if memory_ratio_key:
         fields[memory_ratio_key] = round(result["memory"]["ours"] / result["memory"]["hf"], 3)
+    if "cuda_memory" in result:
+        fields[f"{part}_cuda_peak_mib"] = {name: mib(value) for name, value in result["cuda_memory"].items()}
+        fields[f"{part}_cuda_peak_ratio"] = round(result["cuda_memory"]["ours"] / result["cuda_memory"]["hf"], 3)
     return fields
 
 
@@ -209,6 +249,17 @@ def peak_memory(fn: Callable[[], object]) -> int:
     with PeakTensorMemory() as tracker:
         fn()
     return tracker.peak
+
+
+def cuda_peak_memory(fn: Callable[[], object]) -> int:
+    """The CUDA caching allocator's peak during ``fn()`` above the bytes allocated when it began (activations,
+    gradients, temporaries; the parameters and optimizer states that already exist are left out)."""
+    synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 def profile_table(fn: Callable[[], object], title: str, row_limit: int = 15) -> str:

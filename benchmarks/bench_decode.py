@@ -3,6 +3,7 @@
     python benchmarks/bench_decode.py --size tiny --threads 1 --clock cpu      # d_model 256, 3+3 layers
     python benchmarks/bench_decode.py --size base --threads 1 --clock cpu      # d_model 512, 6+6 layers
     python benchmarks/bench_decode.py --size tiny --compile --profile
+    python benchmarks/bench_decode.py --size base --device cuda   # on a GPU: fp32, bf16, Marian (int8: CPU only)
 
 The models are ``bench_seq2seq.build_models``: a random MarianMTModel and ``marian_to_scratch`` of it (same
 weights). CTranslate2's models are ``export_ct2`` of ours (float32, and ``quantization="int8"``), given a word-level
@@ -56,7 +57,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_common_arguments, add_seq2seq_arguments, alternate, loadavg, print_report, profile_table,
+    add_common_arguments, add_seq2seq_arguments, alternate, check_device, loadavg, print_report, profile_table,
 )
 from bench_seq2seq import EOS, PAD, SIZES, build_models, generate_fn, make_batch  # noqa: E402
 
@@ -120,6 +121,8 @@ def compiled(model: nn.Module) -> nn.Module:
 
 def bf16_skip_reason(args) -> str | None:
     """Why the bf16 engine does not run here (None: it runs): only where bf16 is native, unless ``--bf16``."""
+    if torch.device(getattr(args, "device", "cpu")).type == "cuda":
+        return None if torch.cuda.is_bf16_supported() or args.bf16 else "this GPU has no bf16"
     if native_bf16_cpu() or args.bf16:
         return None
     return f"no native bf16 ({native_bf16_reason()}): bf16 would be emulated; --bf16 runs it anyway"
@@ -127,8 +130,12 @@ def bf16_skip_reason(args) -> str | None:
 
 def torch_engines(ours, hf, args, skipped: dict) -> dict:
     """name -> (model, autocast dtype) of the engines that run on torch."""
-    engines = {"ours_fp32": (ours, None), "hf_fp32": (hf, None), "ours_int8": (int8(ours), None),
-               "hf_int8": (int8(hf), None)}
+    engines = {"ours_fp32": (ours, None), "hf_fp32": (hf, None)}
+    if next(ours.parameters()).device.type == "cpu":
+        engines.update(ours_int8=(int8(ours), None), hf_int8=(int8(hf), None))
+    else:  # quantize_int8 (and torch.ao's dynamic int8) compute on the CPU only
+        reason = "dynamic int8 runs on the CPU only (quantize_int8 refuses a GPU model)"
+        skipped["ours_int8"] = skipped["hf_int8"] = reason
     reason = bf16_skip_reason(args)
     if reason is None:
         engines["ours_bf16"] = (ours, torch.bfloat16)
@@ -153,7 +160,8 @@ def word_level_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
 
 
-def ct2_translators(ours, threads: int, skipped: dict, tokenizer=None) -> tuple[dict, list[str] | None, str | None]:
+def ct2_translators(ours, threads: int, skipped: dict, tokenizer=None,
+                    device: str = "cpu") -> tuple[dict, list[str] | None, str | None]:
     """``{"ct2_fp32": Translator, "ct2_int8": Translator}`` of ``export_ct2(ours, tokenizer=tokenizer)`` (default:
     ``word_level_tokenizer``), the exported vocabulary (token string of each id) and ctranslate2's version; nothing
     (and the reason in ``skipped``) without ctranslate2."""
@@ -163,6 +171,10 @@ def ct2_translators(ours, threads: int, skipped: dict, tokenizer=None) -> tuple[
         for name in ("ct2_fp32", "ct2_int8"):
             skipped[name] = f"ctranslate2 is not installed ({error}): pip install 'scratchformers[bench]'"
         return {}, None, None
+    if device != "cpu" and not ctranslate2.get_cuda_device_count():
+        for name in ("ct2_fp32", "ct2_int8"):
+            skipped[name] = f"this ctranslate2 {ctranslate2.__version__} sees no CUDA device"
+        return {}, None, None
     from scratchformers.export_ct2 import export_ct2
 
     tokenizer = tokenizer or word_level_tokenizer(ours.config.vocab_size)
@@ -171,7 +183,7 @@ def ct2_translators(ours, threads: int, skipped: dict, tokenizer=None) -> tuple[
         for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):
             directory = export_ct2(ours, Path(workdir) / name, quantization=quantization, tokenizer=tokenizer)
             translators[name] = ctranslate2.Translator(
-                str(directory), device="cpu", compute_type=quantization or "float32", intra_threads=threads,
+                str(directory), device=device, compute_type=quantization or "float32", intra_threads=threads,
                 inter_threads=1)
         vocabulary = json.loads((directory / "shared_vocabulary.json").read_text())
     return translators, vocabulary, ctranslate2.__version__
@@ -267,15 +279,18 @@ def main(argv=None) -> dict:
 
     import transformers
 
+    device = check_device(args.device)
     ours, hf = build_models(args.size, args.vocab, args.seed)
     ours.config.forward_implementation = args.forward_implementation
     for model in (ours, hf):  # MarianConfig forces token 0 as the last one; CTranslate2 forces none
         model.generation_config.forced_eos_token_id = None
     batch = make_batch(args, torch.Generator().manual_seed(args.seed))
+    if device.type != "cpu":
+        ours, hf, batch = ours.to(device), hf.to(device), tuple(t.to(device) for t in batch)
     skipped: dict = {}
     failed: dict = {}
     engines = torch_engines(ours, hf, args, skipped)
-    translators, vocabulary, ct2_version = ct2_translators(ours, threads, skipped)
+    translators, vocabulary, ct2_version = ct2_translators(ours, threads, skipped, device=device.type)
     index = {token: i for i, token in enumerate(vocabulary)} if vocabulary else None
     source_tokens = [[vocabulary[i] for i in row] for row in batch[0].tolist()] if vocabulary else None
 
@@ -287,6 +302,8 @@ def main(argv=None) -> dict:
             report.update(decode_part(part, beams, engines, translators, source_tokens, index, batch, args, failed))
     if args.profile:
         for name in ("ours_fp32", "ours_int8"):
+            if name not in engines:
+                continue
             model, dtype = engines[name]
             run = generate_fn(model, batch, args.new_tokens, 1, dtype)
             print(profile_table(run, f"greedy decode ({args.new_tokens} new tokens), {name}, "

@@ -3,6 +3,7 @@
     python benchmarks/bench_seq2seq.py --size tiny          # d_model 256, 3+3 layers
     python benchmarks/bench_seq2seq.py --size base          # d_model 512, 6+6 layers
     python benchmarks/bench_seq2seq.py --size tiny --bf16 --compile --profile
+    python benchmarks/bench_seq2seq.py --size base --device cuda --autocast bf16 --batch 128   # on a GPU
 
 Both models have the same weights: ours is ``marian_to_scratch`` of the Marian model (same d_model, layers, heads,
 ffn, vocabulary, activation, dropout; learned copy of Marian's position table). Same seed and batch: ``--batch``
@@ -33,7 +34,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_common_arguments, alternate, graph_break_fields, loadavg, machine, measure, profile_table, report_fields,
+    add_common_arguments, alternate, autocast_dtype, check_device, graph_break_fields, loadavg, machine, measure,
+    profile_table, report_fields,
 )
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,7 +96,7 @@ def train_step_fn(model, batch, autocast_dtype=None, compiled=None):
     forward = model if compiled is None else compiled
 
     def step():
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(input_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -110,7 +112,7 @@ def generate_fn(model, batch, new_tokens: int, num_beams: int, autocast_dtype=No
 
     @torch.inference_mode()
     def run():
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(input_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return model.generate(
                 input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                 num_beams=num_beams, do_sample=False,
@@ -150,7 +152,7 @@ def forward_share(model, run) -> float:
 
 
 def measure_generation(models, batch, args, num_beams):
-    runs = {name: generate_fn(m, batch, args.new_tokens, num_beams) for name, m in models.items()}
+    runs = {name: generate_fn(m, batch, args.new_tokens, num_beams, autocast_dtype(args)) for name, m in models.items()}
     result = measure(runs, batch[0].shape[0] * args.new_tokens, args.gen_calls, args, warmup=1)
     result["outputs_match"] = bool(torch.equal(result["outputs"]["ours"], result["outputs"]["hf"]))
     result["forward_share"] = {name: forward_share(models[name], run) for name, run in runs.items()}
@@ -226,19 +228,23 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    device = check_device(args.device)
 
     ours, hf = build_models(args.size, args.vocab, args.seed)
+    ours, hf = ours.to(device), hf.to(device)
     ours.config.forward_implementation = args.forward_implementation
-    batch = make_batch(args, torch.Generator().manual_seed(args.seed))
+    batch = tuple(t.to(device) for t in make_batch(args, torch.Generator().manual_seed(args.seed)))
     load_before = loadavg()
     report: dict = {"size": args.size, "batch": args.batch, "src_len": args.src_len, "tgt_len": args.tgt_len,
-                    "new_tokens": args.new_tokens, "vocab": args.vocab, "padded": args.padded}
+                    "new_tokens": args.new_tokens, "vocab": args.vocab, "padded": args.padded,
+                    "autocast": args.autocast}
     parameters = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in (("ours", ours), ("hf", hf))}
     report["parameters"] = parameters
 
     if "train" not in skip:
         models = {"ours": copy.deepcopy(ours), "hf": copy.deepcopy(hf)}
-        steps = {name: train_step_fn(m, batch) for name, m in models.items()}  # AdamW states exist after warm-up
+        steps = {name: train_step_fn(m, batch, autocast_dtype(args))  # AdamW states exist after warm-up
+                 for name, m in models.items()}
         report.update(report_fields("train", "tokens", measure(steps, tokens_per_step(batch), args.train_steps, args),
                                     memory_ratio_key="memory_ratio"))
         if args.profile:
@@ -277,7 +283,7 @@ def main(argv=None) -> dict:
 
     report["forward_implementation"] = args.forward_implementation
     report["load_avg"] = [load_before, loadavg()]
-    report["device"] = machine(args.clock)
+    report["device"] = machine(args.clock, args.device)
     print(json.dumps(report))
     return report
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_vit.py --size small     # 32x32 images, patch 4 (64 patches + [CLS]), d 192, 6 layers
     python benchmarks/bench_vit.py --size ti        # 224x224 images, patch 16 (196 + [CLS]), ViT-Ti: d 192, 12 layers
     python benchmarks/bench_vit.py --size ti --compile --bf16 --profile
+    python benchmarks/bench_vit.py --size base --device cuda --autocast bf16   # ViT-B/16, on a GPU
 
 Both models have the same weights: ours is ``vit_to_scratch`` of the Hugging Face model (same width, depth, heads,
 MLP, activation, qkv bias, labels; sdpa attention). Same seed and batch of random images.
@@ -28,13 +29,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_common_arguments, alternate, graph_break_fields, loadavg, machine, measure, profile_table, report_fields,
+    add_common_arguments, alternate, autocast_dtype, check_device, graph_break_fields, loadavg, machine, measure,
+    profile_table, report_fields,
 )
 
 SIZES = {
     "smoke": dict(image=16, patch=8, d_model=32, layers=1, heads=2, ffn=64, labels=10, batch=2),
     "small": dict(image=32, patch=4, d_model=192, layers=6, heads=3, ffn=768, labels=10, batch=64),
     "ti": dict(image=224, patch=16, d_model=192, layers=12, heads=3, ffn=768, labels=1000, batch=16),
+    "base": dict(image=224, patch=16, d_model=768, layers=12, heads=12, ffn=3072, labels=1000, batch=64),  # ViT-B/16
 }
 
 
@@ -62,7 +65,7 @@ def train_step_fn(model, pixels, labels, autocast_dtype=None, compiled=None):
     forward = model if compiled is None else compiled
 
     def step():
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = forward(pixel_values=pixels, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -78,7 +81,7 @@ def inference_fn(model, pixels, autocast_dtype=None, compiled=None):
 
     @torch.inference_mode()
     def run():
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return forward(pixel_values=pixels).logits
 
     return run
@@ -138,20 +141,23 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     dims = SIZES[args.size]
     batch = args.batch or dims["batch"]
+    device = check_device(args.device)
 
     ours, hf = build_models(args.size, args.seed)
+    ours, hf = ours.to(device), hf.to(device)
     ours.config.forward_implementation = args.forward_implementation
     generator = torch.Generator().manual_seed(args.seed)
-    pixels = torch.randn(batch, 3, dims["image"], dims["image"], generator=generator)
-    labels = torch.randint(0, dims["labels"], (batch,), generator=generator)
+    pixels = torch.randn(batch, 3, dims["image"], dims["image"], generator=generator).to(device)
+    labels = torch.randint(0, dims["labels"], (batch,), generator=generator).to(device)
     load_before = loadavg()
     report: dict = {"size": args.size, "batch": batch, "image_size": dims["image"], "patch_size": dims["patch"],
+                    "autocast": args.autocast,
                     "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in (("ours", ours), ("hf", hf))}}
     with torch.inference_mode():
         report["logits_max_abs_diff"] = float((ours(pixels).logits - hf(pixels).logits).abs().max())
 
     models = {"ours": copy.deepcopy(ours), "hf": copy.deepcopy(hf)}
-    steps = {name: train_step_fn(m, pixels, labels) for name, m in models.items()}
+    steps = {name: train_step_fn(m, pixels, labels, autocast_dtype(args)) for name, m in models.items()}
     report.update(report_fields("train", "images", measure(steps, batch, args.train_steps, args), digits=2,
                                 memory_ratio_key="memory_ratio"))
     if args.profile:
@@ -159,7 +165,7 @@ def main(argv=None) -> dict:
             print(profile_table(step, f"training step, {name}, {args.size}"))
     del models, steps
 
-    runs = {"ours": inference_fn(ours, pixels), "hf": inference_fn(hf, pixels)}
+    runs = {name: inference_fn(model, pixels, autocast_dtype(args)) for name, model in (("ours", ours), ("hf", hf))}
     report.update(report_fields("inference", "images", measure(runs, batch, args.infer_calls, args), digits=2,
                                 memory_ratio_key="inference_memory_ratio"))
     if args.profile:
@@ -179,7 +185,7 @@ def main(argv=None) -> dict:
             bf16[f"{name}_inference_bf16_over_fp32"] = round(inference["ratio"], 3)
         with torch.inference_mode():
             fp32_logits = ours(pixels).logits
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(pixels.device.type, dtype=torch.bfloat16):
                 bf16_logits = ours(pixels).logits.float()
         bf16["ours_bf16_vs_fp32_logits_max_abs_diff"] = round(float((bf16_logits - fp32_logits).abs().max()), 4)
         report["bf16"] = bf16
@@ -188,7 +194,7 @@ def main(argv=None) -> dict:
 
     report["forward_implementation"] = args.forward_implementation
     report["load_avg"] = [load_before, loadavg()]
-    report["device"] = machine(args.clock)
+    report["device"] = machine(args.clock, args.device)
     print(json.dumps(report))
     return report
 
