@@ -555,7 +555,7 @@ def prepare_carry(directory: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------
-PARTS = ("correctness", "pipelines", "int8", "save-load", "syncs", "training", "throughput", "decoding")
+PARTS = ("correctness", "pipelines", "int8", "save-load", "syncs", "throughput", "decoding", "training")
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -588,15 +588,22 @@ def main(argv: list[str] | None = None) -> Table:
             "int8": lambda: check_int8(table, device),
             "save-load": lambda: check_save_load(table, device, workdir),
             "syncs": lambda: check_host_syncs(table, device),
-            "training": lambda: check_training_runs(table, device, workdir, out, args.smoke),
             "throughput": lambda: check_training_throughput(table, device, args.smoke),
             "decoding": lambda: check_decoding(table, device, args.smoke),
+            "training": lambda: check_training_runs(table, device, workdir, out, args.smoke),
         }
         for name, part in parts.items():
             if name in skip:
                 table.add(name, "-", "missing: skipped (--skip)")
             else:
                 table.run(name, part)
+            markdown = write_table(table, out, device, started)  # after each part: a run stopped early keeps its rows
+    print(markdown, flush=True)
+    return table
+
+
+def write_table(table: Table, out: Path, device: torch.device, started: float) -> str:
+    """Write ``gpu_check.md`` and ``gpu_check.json`` (rows, every part's report, seconds) to ``out``."""
     import transformers
 
     header = (f"GPU check on {machine(device=str(device))}; transformers {transformers.__version__}; "
@@ -605,8 +612,7 @@ def main(argv: list[str] | None = None) -> Table:
     (out / "gpu_check.md").write_text(markdown)
     (out / "gpu_check.json").write_text(json.dumps({"header": header, "rows": table.rows, "reports": table.reports,
                                                     "seconds": table.seconds}, indent=1, default=str))
-    print(markdown, flush=True)
-    return table
+    return markdown
 
 
 if __name__ == "__main__":
