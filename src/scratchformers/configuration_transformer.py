@@ -6,22 +6,7 @@ from typing import Optional
 
 from transformers import PreTrainedConfig
 
-from .config_checks import (
-    FORWARD_IMPLEMENTATIONS,
-    QUANTIZATIONS,
-    ACTIVATIONS,
-    ATTENTION_SCORINGS,
-    NORM_POSITIONS,
-    NORM_TYPES,
-    POSITION_EMBEDDINGS,
-    check_choice,
-    check_heads,
-    check_positive,
-    check_key_value_heads,
-    check_positive_number,
-    check_probability,
-    check_rotary,
-)
+from .config_checks import check_transformer
 from .remote_code import ModelTypeCheckMixin, register_model_type
 
 
@@ -140,32 +125,9 @@ class ScratchTransformerConfig(ModelTypeCheckMixin, PreTrainedConfig):
 
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field and the allowed values for any invalid setting."""
-        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                     "decoder_attention_heads", "ffn_dim", "max_position_embeddings"):
-            check_positive(name, getattr(self, name))
-        check_heads("d_model", self.d_model, "encoder_attention_heads", self.encoder_attention_heads)
-        check_heads("d_model", self.d_model, "decoder_attention_heads", self.decoder_attention_heads)
-        heads = dict(encoder_attention_heads=self.encoder_attention_heads, decoder_attention_heads=self.decoder_attention_heads)
-        check_key_value_heads(self.num_key_value_heads, **heads)
-        check_rotary(self.position_embedding, self.d_model, **heads)
-        check_choice("activation_function", self.activation_function, ACTIVATIONS)
-        check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
-        check_choice("norm_type", self.norm_type, NORM_TYPES)
-        check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)
-        check_choice("quantization", self.quantization, QUANTIZATIONS)
-        check_choice("norm_position", self.norm_position, NORM_POSITIONS)
-        check_choice("attention_scoring", self.attention_scoring, ATTENTION_SCORINGS)
-        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
-            check_probability(name, getattr(self, name))
-        if self.position_embedding == "sinusoidal" and self.d_model % 2:
-            raise ValueError(f"position_embedding='sinusoidal' needs an even d_model, got d_model={self.d_model}.")
-        for name in ("layer_norm_eps", "init_std"):  # eps <= 0: NaN from 1/sqrt(var + eps) in the norms
-            check_positive_number(name, getattr(self, name))
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            value = getattr(self, name)
-            for token_id in value if isinstance(value, (list, tuple)) else [value]:
-                if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
-                    raise ValueError(f"{name}={value!r} must be token ids in [0, vocab_size={self.vocab_size}).")
+        check_transformer(self, layers=("encoder_layers", "decoder_layers"),
+                          heads=("encoder_attention_heads", "decoder_attention_heads"),
+                          token_ids=("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"))
 
 
 register_model_type(ScratchTransformerConfig)

@@ -7,7 +7,7 @@ Attention (layers.py) -> EncoderLayer / DecoderLayer -> Encoder / Decoder -> Pre
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -115,12 +115,16 @@ def make_attention(config: ScratchTransformerConfig, num_heads: int, layer_idx: 
 
 
 class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
-    """Self-attention sublayer and feed-forward sublayer, each wrapped in add & norm."""
+    """Self-attention sublayer and feed-forward sublayer, each wrapped in add & norm. With ``is_causal`` and a KV
+    ``cache`` it is the layer of a decoder-only model (``modeling_causal_lm``): a decoder layer without
+    cross-attention."""
 
-    def __init__(self, config: ScratchTransformerConfig, layer_idx: int):
+    def __init__(self, config: ScratchTransformerConfig, layer_idx: int, num_heads: Optional[int] = None,
+                 is_causal: bool = False):
         super().__init__()
         d = config.d_model
-        self.self_attn = make_attention(config, config.encoder_attention_heads, layer_idx, is_causal=False)
+        heads = num_heads or config.encoder_attention_heads
+        self.self_attn = make_attention(config, heads, layer_idx, is_causal=is_causal)
         self.self_attn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
         self.ffn = make_feed_forward(d, config.ffn_dim, config.activation_function, config.activation_dropout)
         self.ffn_add_norm = AddNorm(d, config.norm_type, config.norm_position, config.dropout, config.layer_norm_eps)
@@ -131,9 +135,10 @@ class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
         attention_mask: Optional[torch.Tensor] = None,
         output_attentions: bool = False,
         position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        cache: Optional[Cache] = None,
     ) -> torch.Tensor:
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(h, attention_mask=attention_mask, output_attentions=output_attentions,
+            return self.self_attn(h, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions,
                                   position_embeddings=position_embeddings)[0]
 
         x = self.self_attn_add_norm(hidden_states, self_attention)
@@ -214,7 +219,10 @@ class ScratchTransformerEmbedding(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], past_length: int = 0):
+    def forward(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], past_length: int = 0,
+                position_ids: Optional[torch.Tensor] = None):
+        """Embed the tokens at positions ``past_length ...``, or at ``position_ids`` (left-padded rows of a
+        decoder-only model count positions from their first token)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -228,11 +236,14 @@ class ScratchTransformerEmbedding(nn.Module):
                 )
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
-        check_positions(past_length + length, self.num_positions)
+        if position_ids is None:
+            check_positions(past_length + length, self.num_positions)
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+        elif position_ids.numel() and not torch.compiler.is_compiling():  # a host sync, as the vocabulary check
+            check_positions(int(position_ids.max()) + 1, self.num_positions)
         hidden = inputs_embeds * self.embed_scale
         if self.embed_positions is not None:
-            positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
-            hidden = hidden + self.embed_positions(positions).to(inputs_embeds.dtype)
+            hidden = hidden + self.embed_positions(position_ids).to(inputs_embeds.dtype)
         return self.dropout(hidden)
 
 
@@ -263,11 +274,25 @@ class ScratchTransformerStack(ScratchTransformerPreTrainedModel):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.layer_norm is None else self.layer_norm(hidden)
 
-    def rotary_positions(self, hidden: torch.Tensor, past_length: int = 0) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """(cos, sin) of the rotary angles of the positions of ``hidden``'s tokens, or None without rotary."""
+    def cache_to_fill(self, cache: Optional[Cache], use_cache: Optional[bool], new_cache: Callable[[], Cache],
+                      ) -> Optional[Cache]:
+        """The KV cache a decoder's forward reads and extends: ``cache``, or ``new_cache()`` when none is given; None
+        without ``use_cache`` (default: ``config.use_cache``) and while training with gradient checkpointing."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if not use_cache or (self.training and any(layer.gradient_checkpointing for layer in self.layers)):
+            return None
+        return new_cache() if cache is None else cache
+
+    def rotary_positions(self, hidden: torch.Tensor, past_length: int = 0, position_ids: Optional[torch.Tensor] = None,
+                         ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(cos, sin) of the rotary angles of the positions of ``hidden``'s tokens, or None without rotary: positions
+        ``past_length ...`` (``[T, D]``), or ``position_ids [B, T]`` (``[B, 1, T, D]``, one row per sequence)."""
         if self.rotary is None:
             return None
-        return self.rotary(torch.arange(past_length, past_length + hidden.shape[1], device=hidden.device))
+        if position_ids is None:
+            return self.rotary(torch.arange(past_length, past_length + hidden.shape[1], device=hidden.device))
+        cos, sin = self.rotary(position_ids.reshape(-1))
+        return tuple(x.view(-1, 1, position_ids.shape[-1], x.shape[-1]) for x in (cos, sin))
 
 
 class ScratchTransformerEncoder(ScratchTransformerStack):
@@ -332,13 +357,8 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs encoder_hidden_states (run the encoder first).")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.training and any(layer.gradient_checkpointing for layer in self.layers):
-            use_cache = False
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        if not use_cache:
-            cache = None
+        cache = self.cache_to_fill(cache, use_cache, lambda: EncoderDecoderCache(DynamicCache(config=self.config),
+                                                                                 DynamicCache(config=self.config)))
         if cache is not None and is_fast(self.config) and not torch.compiler.is_compiling():
             grow_self_attention_cache(cache)  # rewrites.GrowingKeyValueLayer: appends without re-copying the past
         past_length = cache.get_seq_length() if cache is not None else 0
