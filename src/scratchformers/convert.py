@@ -9,8 +9,11 @@ import copy
 
 import torch
 
+from .config_checks import ACTIVATIONS
+from .configuration_causal_lm import ScratchTransformerLMConfig
 from .configuration_transformer import ScratchTransformerConfig
 from .convert_vit import vit_config_to_scratch, vit_to_scratch  # the ViT port lives in its own module
+from .modeling_causal_lm import ScratchTransformerForCausalLM
 from .modeling_transformer import ScratchTransformerForConditionalGeneration
 
 _MARIAN_ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu"}
@@ -108,4 +111,84 @@ def marian_to_scratch(marian_model) -> ScratchTransformerForConditionalGeneratio
     return model.to(marian_model.dtype).eval()
 
 
-__all__ = ["marian_to_scratch", "marian_config_to_scratch", "vit_to_scratch", "vit_config_to_scratch"]
+def gpt2_config_to_scratch(gpt2_config) -> ScratchTransformerLMConfig:
+    """Translate a ``GPT2Config`` into the equivalent ``ScratchTransformerLMConfig``: pre-norm LayerNorm with a final
+    norm, learned positions, GPT-2's activation (``"gelu_new"``, the tanh approximation), tied output projection."""
+    refused = {"scale_attn_weights": False, "scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True}
+    for name, value in refused.items():
+        if getattr(gpt2_config, name, not value) == value:
+            raise ValueError(f"GPT-2 models with {name}={value} cannot be ported: our attention has no counterpart.")
+    if gpt2_config.activation_function not in ACTIVATIONS:
+        raise ValueError(
+            f"GPT-2 activation {gpt2_config.activation_function!r} has no counterpart here; allowed: "
+            f"{', '.join(map(repr, ACTIVATIONS))}."
+        )
+    return ScratchTransformerLMConfig(
+        vocab_size=gpt2_config.vocab_size,
+        d_model=gpt2_config.n_embd,
+        num_hidden_layers=gpt2_config.n_layer,
+        num_attention_heads=gpt2_config.n_head,
+        ffn_dim=gpt2_config.n_inner or 4 * gpt2_config.n_embd,
+        activation_function=gpt2_config.activation_function,
+        dropout=gpt2_config.resid_pdrop,  # GPT-2's embedding dropout (embd_pdrop) shares our one dropout
+        attention_dropout=gpt2_config.attn_pdrop,
+        activation_dropout=0.0,
+        max_position_embeddings=gpt2_config.n_positions,
+        position_embedding="learned",
+        scale_embedding=False,
+        norm_type="layernorm",
+        norm_position="pre",
+        layer_norm_eps=gpt2_config.layer_norm_epsilon,
+        attention_bias=True,
+        tie_word_embeddings=getattr(gpt2_config, "tie_word_embeddings", True),
+        init_std=gpt2_config.initializer_range,
+        pad_token_id=gpt2_config.pad_token_id,
+        bos_token_id=gpt2_config.bos_token_id,
+        eos_token_id=gpt2_config.eos_token_id,
+    )
+
+
+def _gpt2_state_dict(gpt2_model, config: ScratchTransformerLMConfig) -> dict[str, torch.Tensor]:
+    """GPT-2's weights under our names. GPT-2's ``Conv1D`` stores ``[in, out]``: transposed into ``nn.Linear``'s
+    ``[out, in]``; its fused query/key/value projection ``c_attn`` is split into ``q_proj``, ``k_proj``, ``v_proj``."""
+    theirs = gpt2_model.state_dict()
+    ours = {
+        "model.embeddings.embed_tokens.weight": theirs["transformer.wte.weight"],
+        "model.embeddings.embed_positions.weight": theirs["transformer.wpe.weight"],
+        "model.layer_norm.weight": theirs["transformer.ln_f.weight"],
+        "model.layer_norm.bias": theirs["transformer.ln_f.bias"],
+        "lm_head.weight": theirs["lm_head.weight"],
+    }
+    for i in range(config.num_hidden_layers):
+        block, layer = f"transformer.h.{i}", f"model.layers.{i}"
+        weights = theirs[f"{block}.attn.c_attn.weight"].t().chunk(3, dim=0)
+        biases = theirs[f"{block}.attn.c_attn.bias"].chunk(3, dim=0)
+        for name, weight, bias in zip(("q_proj", "k_proj", "v_proj"), weights, biases):
+            ours[f"{layer}.self_attn.{name}.weight"], ours[f"{layer}.self_attn.{name}.bias"] = weight, bias
+        for ours_name, theirs_name in (("self_attn.out_proj", "attn.c_proj"), ("ffn.fc1", "mlp.c_fc"),
+                                       ("ffn.fc2", "mlp.c_proj")):
+            ours[f"{layer}.{ours_name}.weight"] = theirs[f"{block}.{theirs_name}.weight"].t()
+            ours[f"{layer}.{ours_name}.bias"] = theirs[f"{block}.{theirs_name}.bias"]
+        for ours_name, theirs_name in (("self_attn_add_norm.norm", "ln_1"), ("ffn_add_norm.norm", "ln_2")):
+            for param in ("weight", "bias"):
+                ours[f"{layer}.{ours_name}.{param}"] = theirs[f"{block}.{theirs_name}.{param}"]
+    return ours
+
+
+@torch.no_grad()
+def gpt2_to_scratch(gpt2_model) -> ScratchTransformerForCausalLM:
+    """Port a Hugging Face ``GPT2LMHeadModel`` into ``ScratchTransformerForCausalLM`` (config, weights and
+    generation config): the same logits, and the same tokens from ``generate``."""
+    config = gpt2_config_to_scratch(gpt2_model.config)
+    model = ScratchTransformerForCausalLM(config)
+    ours = model.state_dict()
+    for name, tensor in _gpt2_state_dict(gpt2_model, config).items():
+        ours[name].copy_(tensor)
+    model.generation_config = copy.deepcopy(gpt2_model.generation_config)
+    return model.to(gpt2_model.dtype).eval()
+
+
+__all__ = [
+    "marian_to_scratch", "marian_config_to_scratch", "vit_to_scratch", "vit_config_to_scratch", "gpt2_to_scratch",
+    "gpt2_config_to_scratch",
+]
