@@ -347,3 +347,26 @@ def test_classify_weights_that_do_not_match_the_config(case, vit_dir, tmp_path, 
     assert status == 2 and out == ""
     assert_one_error_line(err, f"the weights in '{damaged}' do not match its config.json ({problem}): re-save the "
                                "model with save_pretrained")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Precision: the model's dtype, bf16 autocast only with --bf16
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", [[], ["--bf16"]], ids=["default", "bf16"])
+def test_translate_and_classify_use_bf16_only_with_the_flag(flag, model_dir, vit_dir, tmp_path, capsys, monkeypatch,
+                                                            cpu_flags):
+    from scratchformers import pipeline_image_classification, pipeline_translation, precision
+
+    asked = []
+
+    def recording(model, enabled=None):
+        asked.append(precision.use_bf16_autocast(model, enabled))
+        return precision.bf16_autocast(model, enabled)
+
+    for module in (pipeline_translation, pipeline_image_classification):
+        monkeypatch.setattr(module, "bf16_autocast", recording)
+    cpu_flags("avx512_bf16")  # bf16 instructions do not turn it on
+    image = save_image(tmp_path / "image.png")
+    assert run_main(["translate", model_dir, SOURCES[0], "--max_new_tokens", "4", *flag], capsys)[0] == 0
+    assert run_main(["classify", vit_dir, image, *flag], capsys)[0] == 0
+    assert asked == [bool(flag)] * 2

@@ -65,7 +65,7 @@ def test_the_pipeline_gives_one_prediction_per_image_of_a_4d_batch(saved_vit):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bf16 autocast where the CPU computes bf16 natively
+# Precision: the model's dtype on every CPU, bf16 autocast only when asked
 # ----------------------------------------------------------------------------------------------------------------
 def forward_precisions(classify, *args, **kwargs) -> tuple[set, list]:
     """(autocast on, logits dtype) of every forward of the pipeline's model during ``classify(*args, **kwargs)``,
@@ -80,22 +80,29 @@ def forward_precisions(classify, *args, **kwargs) -> tuple[set, list]:
     return seen, result
 
 
-def test_classification_runs_in_bf16_only_where_the_cpu_computes_it_natively(saved_vit, cpu_flags):
+@pytest.mark.parametrize("flags", [[], ["avx512f", "avx512_bf16"], ["amx_bf16"]], ids=["none", "avx512", "amx"])
+def test_classification_runs_in_the_models_dtype_on_any_cpu(saved_vit, cpu_flags, flags):
     model, path = saved_vit
     classify = pipeline("image-classification", model=str(path))
-    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    cpu_flags()
-    seen, fp32 = forward_precisions(classify, image, top_k=3)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu_flags(*flags)  # no SCRATCHFORMERS_BF16 either
+    seen, batched = forward_precisions(classify, images, top_k=3)
     assert seen == {(False, torch.float32)}
     with torch.no_grad():
-        probabilities = model(classify.image_processor(image, return_tensors="pt").pixel_values).logits.softmax(-1)[0]
-    assert {r["label"]: r["score"] for r in fp32} == pytest.approx(
-        {label: float(probabilities[i]) for i, label in LABELS.items()}, abs=1e-6)  # fp32: unchanged
-    cpu_flags("avx512f", "avx512_bf16")
-    seen, bf16 = forward_precisions(classify, image, top_k=3)
+        probabilities = model(classify.image_processor(list(images), return_tensors="pt").pixel_values).logits.softmax(-1)
+    for image, probability, result in zip(images, probabilities, batched):
+        assert {r["label"]: r["score"] for r in result} == pytest.approx(
+            {label: float(probability[i]) for i, label in LABELS.items()}, abs=1e-6)  # the model's softmax
+        assert forward_precisions(classify, image, top_k=3)[1] == result  # one image at a time: the same
+
+
+def test_autocast_bf16_true_asks_for_bf16_at_construction_or_call(saved_vit, cpu_flags):
+    _, path = saved_vit
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu_flags()  # also where bf16 is emulated: the caller asked
+    classify = pipeline("image-classification", model=str(path))
+    seen, bf16 = forward_precisions(classify, image, top_k=3, autocast_bf16=True)
     assert seen == {(True, torch.bfloat16)} and sum(r["score"] for r in bf16) == pytest.approx(1.0, abs=1e-3)
-    assert forward_precisions(classify, image, autocast_bf16=False)[0] == {(False, torch.float32)}
-    off = pipeline("image-classification", model=str(path), autocast_bf16=False)
-    assert forward_precisions(off, image)[0] == {(False, torch.float32)}
-    cpu_flags()
-    assert forward_precisions(classify, image, autocast_bf16=True)[0] == {(True, torch.bfloat16)}
+    asked = pipeline("image-classification", model=str(path), autocast_bf16=True)
+    assert forward_precisions(asked, image)[0] == {(True, torch.bfloat16)}
+    assert forward_precisions(asked, image, autocast_bf16=False)[0] == {(False, torch.float32)}

@@ -271,7 +271,7 @@ def test_diverse_and_constrained_beam_search_run_through_the_pipeline(model_and_
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bf16 autocast where the CPU computes bf16 natively
+# Precision: the model's dtype on every CPU, bf16 autocast only when asked
 # ----------------------------------------------------------------------------------------------------------------
 def forward_precisions(model, run) -> set[tuple[bool, torch.dtype]]:
     """(autocast on, logits dtype) of every forward of ``model`` while ``run()`` runs."""
@@ -285,28 +285,25 @@ def forward_precisions(model, run) -> set[tuple[bool, torch.dtype]]:
     return seen
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_generation_runs_in_bf16_where_the_cpu_computes_it_natively(model_and_tokenizer, translator, cpu_flags,
-                                                                    native):
+@pytest.mark.parametrize("flags", [[], ["avx512_bf16"], ["amx_bf16", "amx_tile"]], ids=["none", "avx512", "amx"])
+def test_generation_runs_in_the_models_dtype_on_any_cpu(model_and_tokenizer, translator, cpu_flags, flags):
     model, tokenizer = model_and_tokenizer
-    cpu_flags(*(["amx_bf16", "amx_tile"] if native else []))
-    seen = forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4))
-    assert seen == ({(True, torch.bfloat16)} if native else {(False, torch.float32)})
-    if not native:  # fp32 output unchanged
-        assert pipeline_ids(translator, SOURCES[0], max_new_tokens=8) == generate_ids(model, tokenizer, SOURCES[0],
-                                                                                      max_new_tokens=8)
-    assert not torch.is_autocast_enabled("cpu")  # only inside generate
+    cpu_flags(*flags)  # no SCRATCHFORMERS_BF16 either
+    assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4)) == {(False, torch.float32)}
+    one_by_one = [pipeline_ids(translator, text, max_new_tokens=8) for text in SOURCES]
+    batched = translator(SOURCES, max_new_tokens=8, return_tensors=True, batch_size=len(SOURCES))
+    assert [[i for i in row["translation_token_ids"][1:].tolist() if i != tokenizer.pad_token_id]
+            for row in batched] == one_by_one
+    assert one_by_one[0] == generate_ids(model, tokenizer, SOURCES[0], max_new_tokens=8)
 
 
-def test_autocast_bf16_false_turns_it_off_and_true_forces_it(model_and_tokenizer, translator, cpu_flags):
+def test_autocast_bf16_true_asks_for_bf16_at_construction_or_call(model_and_tokenizer, translator, cpu_flags):
     model, tokenizer = model_and_tokenizer
-    cpu_flags("amx_bf16", "amx_tile")
-    assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=False)) == {
-        (False, torch.float32)}
-    fp32 = pipeline("translation", model=model, tokenizer=tokenizer, device="cpu", autocast_bf16=False)
-    assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4)) == {(False, torch.float32)}
-    assert forward_precisions(model, lambda: fp32(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
-        (True, torch.bfloat16)}  # a call's value wins over the construction's
-    cpu_flags()
+    cpu_flags()  # also where bf16 is emulated: the caller asked
     assert forward_precisions(model, lambda: translator(SOURCES[0], max_new_tokens=4, autocast_bf16=True)) == {
         (True, torch.bfloat16)}
+    bf16 = pipeline("translation", model=model, tokenizer=tokenizer, device="cpu", autocast_bf16=True)
+    assert forward_precisions(model, lambda: bf16(SOURCES[0], max_new_tokens=4)) == {(True, torch.bfloat16)}
+    assert forward_precisions(model, lambda: bf16(SOURCES[0], max_new_tokens=4, autocast_bf16=False)) == {
+        (False, torch.float32)}  # a call's value wins over the construction's
+    assert not torch.is_autocast_enabled("cpu")  # only inside generate

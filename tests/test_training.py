@@ -230,14 +230,16 @@ def test_unknown_task_is_a_usage_error(capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# bf16 on CPU: chosen only where the CPU computes it natively (the cpu_flags fixture: conftest.py)
+# bf16 on CPU: measured where the CPU has bf16 instructions (the cpu_flags fixture: conftest.py; the measurement:
+# tests/test_precision.py)
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["translation", "image-classification"])
 @pytest.mark.parametrize("flags, native", [(["amx_bf16"], True), (["avx512_bf16"], True), ([], False)])
-def test_cpu_runs_train_in_bf16_only_where_the_cpu_computes_it_natively(cpu_flags, flags, native, task):
+def test_cpu_runs_measure_bf16_only_where_the_cpu_has_bf16_instructions(cpu_flags, flags, native, task):
     cpu_flags(*flags)
     _, _, training_args, _ = run.parse_args(["--task", task, "--use_cpu", "True"])
-    assert training_args.bf16 is native and not training_args.fp16
+    assert training_args.bf16 is False and not training_args.fp16  # fp32 until measured faster
+    assert training_args.automatic_precision[0] is (None if native else False)
 
 
 def test_explicit_precision_flags_win(cpu_flags, tmp_path):
@@ -255,17 +257,17 @@ def test_explicit_precision_flags_win(cpu_flags, tmp_path):
 
 
 @pytest.mark.parametrize("flags, given, level, message", [
-    (["amx_bf16"], [], "INFO", "bf16: native on this CPU (amx_bf16)"),
-    ([], [], "INFO", "fp32: this CPU has no native bf16 (bf16 would be emulated, slower)"),
+    (["amx_bf16"], [], "INFO", "fp32 or bf16, whichever trains faster: this CPU has amx_bf16"),
+    ([], [], "INFO", "fp32: this CPU has no native bf16"),
     ([], ["--bf16", "True"], "WARNING", "is emulated, and slower than fp32"),
-    (["avx512_bf16"], ["--bf16", "False"], "INFO", "fp32 although this CPU has native bf16 (avx512_bf16)"),
+    (["avx512_bf16"], ["--bf16", "False"], "INFO", "fp32: --bf16 False was given (not measured)"),
 ])
 def test_the_precision_and_its_reason_are_logged(cpu_flags, caplog, flags, given, level, message):
     import logging
 
     cpu_flags(*flags)
     _, _, training_args, _ = run.parse_args(["--use_cpu", "True", *given])
-    with caplog.at_level(logging.INFO, logger=run.logger.name):
+    with caplog.at_level(logging.INFO, logger="precision_choice"):
         run.log_precision(training_args)
     assert [(record.levelname, message in record.getMessage()) for record in caplog.records] == [(level, True)]
 

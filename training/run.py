@@ -94,7 +94,6 @@ import transformers
 from transformers import AutoConfig, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
 from scratchformers.data import EMBEDDED_DATASETS, DatasetError
-from scratchformers.precision import native_bf16_cpu, native_bf16_reason
 
 # The sibling modules import from this folder: on sys.path already when run as a script, not when loaded by path.
 HERE = Path(__file__).resolve().parent
@@ -104,6 +103,7 @@ from image_task import prepare_image_classification
 from model_card import CARD_TEMPLATE
 from output_dir import check_output_dir, same_directory, skip_finished_training
 from pictures import draw_pictures
+from precision_choice import ATTRIBUTE as AUTOMATIC_PRECISION, automatic_precision, log_precision
 from output_dir import CHECKPOINT_NAME, checkpoint_problem  # noqa: F401  (tests reach them as run.<name>)
 from task_setup import Job
 from trainer import ScratchSeq2SeqTrainer, train_evaluate_save  # noqa: F401  (tests reach it as run.<name>)
@@ -322,8 +322,12 @@ def parse_args(argv: Optional[list[str]] = None):
         defaults["save_total_limit"] = max(defaults["save_total_limit"], averaged)
         if "load_best_model_at_end" not in explicit:
             defaults["load_best_model_at_end"] = False
-    if use_cpu and not explicit & {"bf16", "fp16"}:
-        defaults["bf16"] = native_bf16_cpu()  # on CPU, bf16 only where it is computed natively (faster than fp32)
+    # No --bf16 / --fp16: bf16 on a GPU that supports it; on a CPU, fp32 unless bf16 measures faster on the model
+    # (precision_choice.py: the Trainer subclasses measure before the Trainer reads the flag).
+    automatic = automatic_precision("cpu" if use_cpu else "cuda" if torch.cuda.is_available() else "accelerator",
+                                    explicit)
+    if automatic is not None:
+        defaults["bf16"] = bool(automatic[0])
 
     def parse(defaults: dict[str, Any]):
         if json_file:
@@ -336,24 +340,9 @@ def parse_args(argv: Optional[list[str]] = None):
     model_args, data_args, training_args, legacy_args = parse(defaults)
     if legacy_args.warmup_ratio is not None:
         training_args.warmup_steps = legacy_args.warmup_ratio
+    if automatic is not None:
+        setattr(training_args, AUTOMATIC_PRECISION, automatic)
     return model_args, data_args, training_args, legacy_args
-
-
-def log_precision(training_args) -> None:
-    """Say why a CPU run trains in bf16 or fp32 (``parse_args`` picks bf16 only where the CPU computes it natively,
-    unless --bf16 / --fp16 was given); warn when bf16 was asked for on a CPU that emulates it."""
-    if not training_args.use_cpu or training_args.fp16:
-        return
-    native = native_bf16_cpu()
-    if training_args.bf16 and native:
-        logger.info(f"bf16: native on this CPU ({native_bf16_reason()})")
-    elif training_args.bf16:
-        logger.warning(f"bf16 on a CPU without native bf16 ({native_bf16_reason()}): it is emulated, and slower than "
-                       "fp32 (drop --bf16 to train in fp32)")
-    elif native:
-        logger.info(f"fp32 although this CPU has native bf16 ({native_bf16_reason()}): --bf16 False was given")
-    else:
-        logger.info("fp32: this CPU has no native bf16 (bf16 would be emulated, slower)")
 
 
 def start_cpu_process_group(timeout_seconds: int) -> None:

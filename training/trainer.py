@@ -14,6 +14,7 @@ from transformers import Seq2SeqTrainer, Trainer
 
 from model_card import render_model_card
 from output_dir import CHECKPOINT_NAME, checkpoint_problem, same_directory
+from precision_choice import settle_precision
 from task_setup import Job
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,10 @@ class ScratchTrainerMixin:
     card_context: Optional[dict] = None
 
     def __init__(self, *args, **kwargs):
+        # A run without --bf16/--fp16 on a CPU with bf16 instructions measures which precision trains faster before
+        # transformers' Trainer reads it (its accelerator is built once): precision_choice.py.
+        settle_precision(kwargs.get("model"), kwargs.get("args"), kwargs.get("train_dataset"),
+                         kwargs.get("data_collator"))
         super().__init__(*args, **kwargs)
         # One loss: the model's own, the function a reader finds in the model code. --label_smoothing_factor is
         # carried into its config; the Trainer's label smoother would pop the labels and compute a second loss.

@@ -43,6 +43,10 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------------------------
+BF16_HELP = ("compute under bf16 autocast (a float32 model on a CPU, or a GPU that supports bf16); default: in the "
+             "model's own dtype. Faster on some CPUs, slower on others: benchmarks/README.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Use scratchformers models from the command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--num_return_sequences", type=positive_int, default=1,
                            help="candidates per sentence (at most --num_beams), tab-separated")
     translate.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: GPU 0 if there is one)")
+    translate.add_argument("--bf16", action="store_true", help=BF16_HELP)
 
     classify = commands.add_parser("classify", help="classify images with an image-classification model")
     classify.add_argument("model_dir", metavar="MODEL_DIR", help="directory saved with save_pretrained (+ processor)")
     classify.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     classify.add_argument("--top_k", type=positive_int, default=1, help="labels printed per image")
     classify.add_argument("--device", default=None, help="e.g. cpu, cuda (default: GPU 0 if there is one)")
+    classify.add_argument("--bf16", action="store_true", help=BF16_HELP)
 
     upgrade = commands.add_parser(
         "upgrade", help="save this package's model code into a checkpoint saved by an older scratchformers",
@@ -280,7 +286,8 @@ def translate(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         generate_kwargs["max_new_tokens"] = args.max_new_tokens
     translator = on_device(
-        lambda: TranslationPipeline(model=model, tokenizer=tokenizer, device=device, task="translation"), device)
+        lambda: TranslationPipeline(model=model, tokenizer=tokenizer, device=device, task="translation",
+                                    autocast_bf16=args.bf16), device)
 
     texts: Iterable[str] = args.texts if args.texts else stdin_lines()
     for batch in batched(texts, args.batch_size):
@@ -377,7 +384,8 @@ def classify(args: argparse.Namespace) -> int:
                        f"{first_line(error)}") from error
     model = load_model(AutoModelForImageClassification, args.model_dir)
     classifier = on_device(
-        lambda: pipeline("image-classification", model=model, image_processor=processor, device=device), device)
+        lambda: pipeline("image-classification", model=model, image_processor=processor, device=device,
+                         autocast_bf16=args.bf16), device)
 
     unreadable = 0
     for image in args.images:

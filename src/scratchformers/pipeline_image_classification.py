@@ -8,9 +8,9 @@ models get transformers' pipeline unchanged.
 - Paths, URLs and PIL images reach the processor in their own mode. transformers' ``load_image`` converts them to
   8-bit RGB first, which saturates 16-bit images, blackens float ones and drops transparency.
 
-- On a CPU that computes bf16 natively (AMX-BF16 / AVX512-BF16, see ``precision.py``), a float32 model runs under
-  ``torch.autocast("cpu", dtype=torch.bfloat16)``, which is faster there; elsewhere it stays in fp32.
-  ``autocast_bf16=False`` (at construction or per call) turns that off, ``autocast_bf16=True`` forces it.
+- The model computes in its own dtype, so a saved model classifies the same on every machine. ``autocast_bf16=True``
+  (at construction or per call) runs a float32 model under ``torch.autocast(<device>, dtype=torch.bfloat16)`` on a
+  CPU or a GPU that supports bf16 (``precision.py``; faster on some CPUs, slower on others).
 
 ``scratchformers`` registers it for the task, so ``pipeline("image-classification", model=...)`` returns it.
 """
@@ -29,12 +29,11 @@ from .precision import bf16_autocast
 
 class ImageClassificationPipeline(_ImageClassificationPipeline):
     """``transformers.ImageClassificationPipeline`` that classifies each image of a 4-D batch, hands images to
-    a ``reads_every_image_mode`` processor unconverted and runs in bf16 where the CPU computes it natively (see the
-    module docstring).
+    a ``reads_every_image_mode`` processor unconverted and runs in bf16 when asked (see the module docstring).
 
-    Pipeline parameter, besides transformers' ones: ``autocast_bf16``: ``None`` (default): the model's forward runs
-    under bf16 autocast iff it is float32 on a CPU with native bf16 (``precision.native_bf16_cpu()``); ``False``:
-    never; ``True``: also where bf16 is emulated. Only for ``reads_every_image_mode`` processors (ours).
+    Pipeline parameter, besides transformers' ones: ``autocast_bf16``: ``True``: the model's forward runs under bf16
+    autocast (a float32 model on a CPU, or on a GPU that supports bf16); ``None`` (default) or ``False``: in the
+    model's own dtype. Only for ``reads_every_image_mode`` processors (ours).
     """
 
     def _sanitize_parameters(self, autocast_bf16: bool | None = None, **kwargs: Any):

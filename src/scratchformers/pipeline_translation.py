@@ -15,9 +15,9 @@ Generation keyword arguments (``num_beams``, ``max_new_tokens``, ``do_sample``, 
 the pipeline is built and at each call, and go to ``model.generate``. Inputs longer than the model accepts are
 truncated with a warning; an empty (or blank) input translates to ``""``.
 
-A float32 model on a CPU that computes bf16 natively (AMX-BF16 / AVX512-BF16, see ``precision.py``) generates under
-``torch.autocast("cpu", dtype=torch.bfloat16)``, which is faster there; elsewhere it stays in fp32.
-``autocast_bf16=False`` (at construction or per call) turns that off, ``autocast_bf16=True`` forces it.
+The model generates in its own dtype, so a saved model translates the same on every machine. ``autocast_bf16=True``
+(at construction or per call) runs a float32 model under ``torch.autocast(<device>, dtype=torch.bfloat16)`` on a
+CPU or a GPU that supports bf16 (``precision.py``; faster on some CPUs, slower on others: ``benchmarks/README.md``).
 
 This module imports nothing from its package but ``precision.py``: saved checkpoints carry a copy of both, which
 ``pipeline(..., trust_remote_code=True)`` loads where the package is not installed.
@@ -56,8 +56,8 @@ class TranslationPipeline(Pipeline):
         clean_up_tokenization_spaces: passed to ``tokenizer.decode``.
         src_lang / tgt_lang: for multilingual tokenizers that build translation inputs themselves; the task name
             ``"translation_XX_to_YY"`` sets them to ``XX`` and ``YY``. Read back as ``src_lang`` / ``tgt_lang``.
-        autocast_bf16: ``None`` (default): generate under bf16 autocast iff the model is float32 on a CPU with
-            native bf16 (``precision.native_bf16_cpu()``); ``False``: never; ``True``: also where bf16 is emulated.
+        autocast_bf16: ``True``: generate under bf16 autocast (a float32 model on a CPU, or on a GPU that supports
+            bf16); ``None`` (default) or ``False``: in the model's own dtype.
     """
 
     _pipeline_calls_generate = True
