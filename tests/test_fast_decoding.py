@@ -1,5 +1,7 @@
-"""fast_decoding: greedy and beam search over ``FastDecoder`` give the reference decoding's tokens, for every
-architecture variant the step covers and the generate arguments it honours; the rest falls back to the reference."""
+"""fast_decoding: every decoding mode over ``FastDecoder`` gives the reference stepper's tokens, for every
+architecture variant the step covers and the generate arguments it honours; what it does not cover falls back to the
+reference. Also cpu_weight_layout (the weight copies the step reads) and decoding.py's native behaviour: ordinary
+tensors out, a replaced ``forward`` honoured, the engine's hooks in the mixin, not in the model class."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import scratchformers as sf
-from scratchformers import fast_decoding, rewrites
-from scratchformers.fast_decoding import FastDecoder, packed_linear, unsupported_reason
+from scratchformers import cpu_weight_layout, fast_decoding
+from scratchformers.cpu_weight_layout import EncoderLinears, WeightLayouts, linear_product
+from scratchformers.fast_decoding import FastDecoder, unsupported_reason
+from scratchformers.modeling_transformer import ScratchTransformerDecoder
 
 from _generation_utils import EOS, make_model, train_reverser
 from conftest import tiny_transformer_config
@@ -113,23 +117,34 @@ def test_peft_and_int8_layers_run_as_modules_inside_the_fast_step(monkeypatch):
     assert counter.calls > 0
 
 
-def test_modes_and_settings_the_step_does_not_cover_fall_back_to_the_reference(monkeypatch):
+def test_every_mode_runs_over_the_fast_step(monkeypatch):
     model = tiny(forward_implementation="fast")
     counter = StepCounter(monkeypatch)
     inputs = sources()
-    model.generate(**inputs, do_sample=True, max_new_tokens=4)
-    model.generate(**inputs, num_beams=2, max_new_tokens=4, return_dict_in_generate=True, output_scores=True)
-    model.generate(**inputs, num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=4)
+    for kwargs in (dict(do_sample=True), dict(num_beams=2, do_sample=True),
+                   dict(num_beams=2, return_dict_in_generate=True, output_scores=True),
+                   dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
+                   dict(num_beams=2, force_words_ids=[[5]])):
+        counter.calls = 0
+        model.generate(**inputs, max_new_tokens=4, **kwargs)
+        assert counter.calls > 0, kwargs
+
+
+def test_settings_the_step_does_not_cover_fall_back_to_the_reference(monkeypatch):
+    model = tiny(forward_implementation="fast")
+    counter = StepCounter(monkeypatch)
+    model.generate(**sources(), max_new_tokens=4, return_dict_in_generate=True, output_attentions=True)
     assert counter.calls == 0
     config = model.generation_config
-    assert unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)}) is None
-    assert "return_dict_in_generate" in unsupported_reason(
-        model, copy.deepcopy(config).__class__(return_dict_in_generate=True), {"encoder_outputs": (torch.zeros(1),)})
+    kwargs = {"encoder_outputs": (torch.zeros(1),)}
+    assert unsupported_reason(model, config, kwargs) is None
+    attentions = config.__class__(return_dict_in_generate=True, output_attentions=True)
+    assert "attentions" in unsupported_reason(model, attentions, kwargs)
     model.train()
-    assert "training" in unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)})
+    assert "training" in unsupported_reason(model, config, kwargs)
     model.eval()
     handle = model.get_decoder().layers[0].register_forward_hook(lambda *args: None)  # e.g. a user's probe
-    assert "hooks" in unsupported_reason(model, config, {"encoder_outputs": (torch.zeros(1),)})
+    assert "hooks" in unsupported_reason(model, config, kwargs)
     handle.remove()
     model.config.forward_implementation = "reference"
     assert "forward_implementation" in unsupported_reason(model, config, {})
@@ -169,45 +184,43 @@ def test_logits_processors_see_every_step_of_the_fast_path():
 @pytest.mark.parametrize("rows", [5, None], ids=["packed", "as stored"])
 @pytest.mark.parametrize("avx512", [False, True], ids=["no AVX-512", "AVX-512"])
 @pytest.mark.parametrize("shape", [(24, 40), (300, 260)], ids=["small", "large"])
-def test_packed_linear_equals_the_module_and_follows_weight_changes(shape, avx512, rows, monkeypatch):
-    monkeypatch.setattr(rewrites, "_has_avx512", lambda: avx512)  # both layouts, on any CPU
+def test_linear_product_equals_the_module_and_copies_live_for_one_call(shape, avx512, rows, monkeypatch):
+    monkeypatch.setattr(cpu_weight_layout, "has_avx512", lambda: avx512)  # both layouts, on any CPU
     linear = nn.Linear(*shape)
     x = torch.randn(5, shape[0])
-    with torch.inference_mode():
-        product = packed_linear(linear, rows)
-        torch.testing.assert_close(product(x), linear(x), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        linear.weight.mul_(2.0)  # an in-place change (an optimizer step): the packed copy is remade
-    with torch.inference_mode():
-        torch.testing.assert_close(packed_linear(linear, rows)(x), linear(x), rtol=1e-5, atol=1e-5)
-    assert packed_linear(linear, rows) is linear  # with gradients enabled: the module itself
+        layouts = WeightLayouts()  # one generate call's copies
+        torch.testing.assert_close(layouts.call(linear, rows)(x), linear(x), rtol=1e-5, atol=1e-5)
+        assert layouts.call(linear, rows) is layouts.call(linear, rows)  # made once per call
+        linear.weight.mul_(2.0)  # an optimizer step between two calls: the next call's copy follows
+        torch.testing.assert_close(WeightLayouts().call(linear, rows)(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert linear_product([linear], rows) is None  # with gradients enabled: the module itself
 
 
-def test_packed_linear_under_bf16_autocast_computes_what_autocast_computes():
+def test_linear_product_under_bf16_autocast_computes_what_autocast_computes():
     linear = nn.Linear(64, 300)
     x = torch.randn(5, 64)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        product, expected = packed_linear(linear, rows=5), linear(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        product, expected = linear_product([linear], rows=5), linear(x)
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # no oneDNN bf16 on this CPU: the module itself
-            assert product is linear
+            assert product is None
             return
-        assert product is not linear
         output = product(x)
     assert output.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(output, expected, rtol=1e-2, atol=1e-2)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
-        assert packed_linear(linear, rows=5) is linear  # only bf16 autocast is laid out
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert linear_product([linear], rows=5) is None  # only bf16 autocast is laid out
 
 
-def test_fast_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkeypatch):
+def test_encoder_linears_mode_runs_plain_layers_through_onednn_and_leaves_the_rest(monkeypatch):
     encoder = tiny().get_encoder()
     inputs = sources()
     hooked = encoder.layers[0].ffn.fc1
     hooked.register_forward_hook(lambda module, args, output: output * 0.5)  # a user's hook still takes effect
     calls = []
-    with torch.inference_mode():
+    with torch.no_grad():
         expected = encoder(**inputs).last_hidden_state
-        mode = rewrites.FastLinears(encoder)
+        mode = EncoderLinears(encoder, WeightLayouts())
         for weight, bias, product in mode.products.values():  # count the packed products that run
             mode.products[id(weight)] = (weight, bias, lambda x, product=product: calls.append(1) or product(x))
         with mode:
@@ -218,10 +231,10 @@ def test_fast_linears_mode_runs_plain_layers_packed_and_leaves_the_rest(monkeypa
     torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_generate_runs_the_encoder_through_fast_linears(monkeypatch):
+def test_fast_generate_runs_the_encoder_through_encoder_linears(monkeypatch):
     modes = []
-    original = rewrites.FastLinears.__init__
-    monkeypatch.setattr(rewrites.FastLinears, "__init__", lambda self, *a: modes.append(self) or original(self, *a))
+    original = EncoderLinears.__init__
+    monkeypatch.setattr(EncoderLinears, "__init__", lambda self, *a: modes.append(self) or original(self, *a))
     model = tiny()
     reference, fast = both(model, **sources(), max_new_tokens=6)
     assert torch.equal(reference, fast)
@@ -256,13 +269,13 @@ def test_rows_whose_search_is_over_leave_the_batch_without_changing_the_output(a
     model = train_reverser(make_model(layers=2, vocab_size=16, d_model=32, init_std=0.1), steps=80)
     inputs = sources(seed=2, batch=5, length=9, vocab=16)  # lengths 9, 7, 5, 3, 1: the outputs end apart
     kept = []
-    original = FastDecoder.keep_sources
+    original = FastDecoder.keep
 
-    def keep_sources(decoder, sources):
-        kept.append(sources.tolist())
-        return original(decoder, sources)
+    def keep(decoder, rows):
+        original(decoder, rows)
+        kept.append(sorted(set((decoder.computed // decoder.rows_per_source).tolist())))  # the sources computed
 
-    monkeypatch.setattr(FastDecoder, "keep_sources", keep_sources)
+    monkeypatch.setattr(FastDecoder, "keep", keep)
     reference, fast = both(model, **inputs, max_new_tokens=20, **arguments)
     assert kept and len(kept[-1]) < 5  # some sources were dropped before the end
     assert all(set(later) < set(earlier) for earlier, later in zip(kept, kept[1:]))

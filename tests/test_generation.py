@@ -45,6 +45,14 @@ def hypotheses(out, per_source: int) -> list[list[list[int]]]:
 # --------------------------------------------------------------------------------------------------------------
 # With one group and no constraints: exactly core beam search
 # --------------------------------------------------------------------------------------------------------------
+def transformers_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                             synced_gpus=False, streamer=None, **model_kwargs):
+    """transformers' own beam loop (``GenerationMixin._beam_search``), which our mixin replaces, as a
+    ``custom_generate`` callable: the independent oracle."""
+    return GenerationMixin._beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                                        synced_gpus, **model_kwargs)
+
+
 SETTINGS = [
     dict(num_beams=4),
     dict(num_beams=4, num_return_sequences=3, length_penalty=2.0),
@@ -58,7 +66,7 @@ SETTINGS = [
 @pytest.mark.parametrize("function", [diverse_beam_search, constrained_beam_search])
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_one_group_and_no_constraints_is_exactly_core_beam_search(model, sources, function, settings):
-    core = beams(model, sources, **settings)
+    core = beams(model, sources, custom_generate=transformers_beam_search, **settings)
     ours = beams(model, sources, custom_generate=function, **settings)
     assert torch.equal(ours.sequences, core.sequences)
     assert torch.equal(ours.sequences_scores, core.sequences_scores)

@@ -1,8 +1,11 @@
-"""Beam search beyond transformers 5 core, offline: diverse (group) beam search and constrained beam search.
+"""The beam loop of the decoding engine, and beam search beyond transformers 5 core, offline.
 
-transformers 5 moved both strategies out of core into Hub repositories, which cannot be reached offline. This
-module brings them back as ``custom_generate`` callables, and ``ScratchGenerationMixin`` routes
-``num_beam_groups > 1`` / ``force_words_ids`` / ``constraints`` to them, so transformers-4 code runs unchanged::
+``BeamSearch`` runs beam search, beam sampling, diverse (group) beam search and constrained beam search over a
+stepper of ``decoding.py``; ``ScratchGenerationMixin``, the mixin every model family of the package inherits, routes
+``generate``'s modes to it and to ``decoding.sample_loop``. transformers 5 moved diverse and constrained search out
+of core into Hub repositories, which cannot be reached offline: here they are ``custom_generate`` callables, and
+the mixin routes ``num_beam_groups > 1`` / ``force_words_ids`` / ``constraints`` to them, so transformers-4 code
+runs unchanged::
 
     model.generate(**inputs, num_beams=6, num_beam_groups=3, diversity_penalty=1.0)
     model.generate(**inputs, num_beams=4, force_words_ids=[[a, b], [[c], [d, e]]])  # "a b" and ("c" or "d e")
@@ -59,8 +62,9 @@ from transformers.generation.utils import (
 )
 from transformers.utils import ModelOutput
 
-from .compat import CACHE_NAME, cache_field, cache_of
-from .rewrites import decoding_weight_layouts, process_owned_scores
+from .compat import cache_field
+from .decoding import choose_stepper, drops_finished_rows, encoder_through_weight_layouts, owned_processors, sample_loop
+from .rewrites import process_owned_scores
 
 # The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
 # so that sums and divisions stay well defined.
@@ -217,11 +221,19 @@ def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, index, dim=1)
 
 
-def _propose_by_score(log_probs: torch.Tensor, beam_scores: torch.Tensor, count: int) -> _Candidates:
-    """The ``count`` best continuations of all beams of a group by accumulated score (step 2 of the chapter)."""
+def _propose_by_score(log_probs: torch.Tensor, beam_scores: torch.Tensor, count: int, do_sample: bool = False
+                      ) -> _Candidates:
+    """The ``count`` best continuations of all beams of a group by accumulated score (step 2 of the chapter); with
+    ``do_sample`` (beam sampling) ``count`` continuations drawn without replacement in proportion to
+    ``exp(score)``, best first, as transformers' beam sampling draws them."""
     batch, beams, vocab = log_probs.shape
     totals = (log_probs + beam_scores[:, :, None]).reshape(batch, beams * vocab)
-    scores, flat = torch.topk(totals, count, dim=1)
+    if do_sample:
+        flat = torch.multinomial(nn.functional.softmax(totals, dim=-1), num_samples=count)
+        scores, order = torch.gather(totals, 1, flat).sort(dim=-1, descending=True)
+        flat = flat.gather(-1, order)
+    else:
+        scores, flat = torch.topk(totals, count, dim=1)
     ones = torch.ones_like(flat, dtype=torch.bool)
     return _Candidates(scores, flat // vocab, flat % vocab, ones, ones)
 
@@ -318,17 +330,6 @@ def _hamming_counts(chosen: list[torch.Tensor], vocab_size: int) -> torch.Tensor
     return counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=torch.float))
 
 
-def _forward(model, running_tokens: torch.Tensor, model_kwargs: dict, generation_config, first: bool):
-    """One decoder forward pass over all beams; the first one is the prefill of the decoder prompt."""
-    if first and hasattr(model, "_prefill"):
-        return model._prefill(running_tokens, generation_config, model_kwargs, is_first_iteration=True)
-    step = 1 if (model_kwargs.get("use_cache") and not first) else None
-    inputs = model.prepare_inputs_for_generation(
-        running_tokens, next_sequence_length=step, is_first_iteration=first, **model_kwargs
-    )
-    return model(**inputs, return_dict=True)
-
-
 def _output_fill_value(generation_config) -> int:
     """The id written after a hypothesis ends; as in core beam search (pad, or EOS when pad is unset or 0)."""
     pad, eos = generation_config._pad_token_tensor, generation_config._eos_token_tensor
@@ -368,7 +369,7 @@ class _StepOutputs:
 
     def to_generate_output(
         self, sequences: torch.Tensor, sequences_scores: Optional[torch.Tensor], beam_indices: torch.Tensor,
-        model_kwargs: dict,
+        cache, model_kwargs: dict,
     ) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput:
         """The result as core beam search returns it with ``return_dict_in_generate=True``."""
         common = dict(
@@ -377,7 +378,7 @@ class _StepOutputs:
             scores=self.scores,
             logits=self.raw_logits,
             beam_indices=beam_indices,
-            **cache_field(cache_of(model_kwargs)),
+            **cache_field(cache),
         )
         if self.is_encoder_decoder:
             encoder_outputs = model_kwargs["encoder_outputs"]
@@ -413,8 +414,10 @@ class _GroupStep(NamedTuple):
     all_ended: bool
 
 
-class _BeamSearch:
-    """Beam search with beam groups and constraints; see the module docstring for the algorithm.
+class BeamSearch:
+    """The beam loop: beam search with beam groups and constraints (see the module docstring for the algorithm),
+    and beam sampling, over a stepper of ``decoding.py`` (``decoding.choose_stepper``: the model's forward or its
+    fast twin).
 
     ``input_ids`` is ``[batch × num_beams, prompt_len]`` (generate() has expanded it); beams of one batch item are
     contiguous rows, the beams of group ``g`` are rows ``g × group_size ... (g + 1) × group_size - 1`` of it. The
@@ -433,14 +436,15 @@ class _BeamSearch:
         diversity_penalty: float,
         constraints: list[Constraint],
         model_kwargs: dict,
-        decoder=None,
     ):
         config = generation_config
         self.model, self.model_kwargs, self.generation_config = model, model_kwargs, config
-        # What computes each step's logits: the model's forward with its cache (None), or a fast_decoding.FastDecoder.
-        self.decoder = decoder
-        self.computed_items = input_ids.shape[0] // config.num_beams  # the batch items the decoder computes
-        self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
+        self.stepper = choose_stepper(model, input_ids, config, model_kwargs, synced_gpus)  # computes each step's logits
+        self.computed_items = input_ids.shape[0] // config.num_beams  # the batch items the stepper computes
+        self.drops_rows = drops_finished_rows(config)
+        self.do_sample = config.do_sample
+        self.logits_processor = owned_processors(self.stepper, logits_processor)
+        self.stopping_criteria = stopping_criteria
         self.synced_gpus = synced_gpus
         self.num_groups, self.diversity_penalty, self.constraints = num_groups, diversity_penalty, constraints
         self.num_beams, self.group_size = config.num_beams, config.num_beams // num_groups
@@ -486,34 +490,20 @@ class _BeamSearch:
     def run(self) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput | torch.LongTensor:
         """Search step by step until the search is over, then return the best finished hypotheses."""
         this_peer_finished = False
-        first = True
+        raw_logits = self.step_outputs.raw_logits is not None
         while self.model._has_unfinished_sequences(this_peer_finished, self.synced_gpus, device=self.device):
             flat_sequences = self.sequences[:, :, : self.cur_len].flatten(0, 1)
-            if self.decoder is not None:
-                log_probs = self.decoder.step(flat_sequences[:, -1], log_softmax=True)
-                log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
-                this_peer_finished = self._step(log_probs)
-                if not this_peer_finished:
-                    self._compute_unsettled_only()
-                continue
-            outputs = _forward(self.model, flat_sequences, self.model_kwargs, self.generation_config, first)
-            first = False
-            self.model_kwargs = self.model._update_model_kwargs_for_generation(
-                outputs, self.model_kwargs, is_encoder_decoder=self.is_encoder_decoder
-            )
+            logits = self.stepper.step(flat_sequences, log_softmax=not raw_logits)
             if self.synced_gpus and this_peer_finished:
                 continue
-            log_probs = self._next_token_log_probs(outputs, flat_sequences)
-            del outputs
+            log_probs = nn.functional.log_softmax(logits, dim=-1) if raw_logits else logits
+            log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
+            self.step_outputs.add(self.stepper.outputs, logits, log_probs)
+            self.stepper.outputs = None
             this_peer_finished = self._step(log_probs)
+            if not this_peer_finished and self.drops_rows:
+                self._compute_unsettled_only()
         return self._result()
-
-    def _next_token_log_probs(self, outputs: ModelOutput, flat_sequences: torch.Tensor) -> torch.Tensor:
-        """``[B × num_beams, vocab]`` log-probabilities of the next token after the logits processors; recorded."""
-        logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=self.device)
-        log_probs = self.logits_processor(flat_sequences, nn.functional.log_softmax(logits, dim=-1))
-        self.step_outputs.add(outputs, logits, log_probs)
-        return log_probs
 
     def _step(self, log_probs: torch.Tensor) -> bool:
         """One step of the chapter, group after group; returns whether the search is over."""
@@ -547,7 +537,7 @@ class _BeamSearch:
                 log_probs, self.scores[:, beams], self.sequences[:, beams], self.num_candidates, self.prompt_len,
                 self.cur_len, self.constraints,
             )
-        return _propose_by_score(log_probs, self.scores[:, beams], self.num_candidates)
+        return _propose_by_score(log_probs, self.scores[:, beams], self.num_candidates, self.do_sample)
 
     def _extend(self, candidates: _Candidates, beams: slice) -> _Continuations:
         """Each candidate as a hypothesis: its parent's tokens and origins, extended by this step."""
@@ -607,10 +597,7 @@ class _BeamSearch:
         self.scores = torch.cat([group.scores for group in groups], dim=1)
         self.origins = torch.cat([group.origins for group in groups], dim=1)
         parent_rows = torch.cat([group.parent_rows for group in groups], dim=1).reshape(-1)
-        if self.decoder is not None:
-            self.decoder.reorder(parent_rows)
-        else:
-            _reorder_cache(self.model, self.model_kwargs, parent_rows)
+        self.stepper.reorder(parent_rows)
         self.cur_len += 1
 
     def _update_can_improve(self) -> None:
@@ -638,12 +625,13 @@ class _BeamSearch:
         return settled
 
     def _compute_unsettled_only(self) -> None:
-        """Let the decoder drop the rows of items whose search is over: nothing of theirs changes any more (no
+        """Let the stepper drop the rows of items whose search is over: nothing of theirs changes any more (no
         hypothesis of a settled item is admitted, ``_finish``), so their logits are never read."""
         unsettled = ~self._settled_items()
         count = int(unsettled.sum())
         if count < self.computed_items:
-            self.decoder.keep_sources(unsettled.nonzero().flatten())
+            items = unsettled.nonzero().flatten()
+            self.stepper.keep((items[:, None] * self.num_beams + torch.arange(self.num_beams, device=self.device)).reshape(-1))
             self.computed_items = count
 
     def _is_settled(self) -> bool:
@@ -663,21 +651,9 @@ class _BeamSearch:
         if not config.return_dict_in_generate:
             return sequences
         return self.step_outputs.to_generate_output(
-            sequences, sequences_scores if config.output_scores else None, beam_indices, self.model_kwargs
+            sequences, sequences_scores if config.output_scores else None, beam_indices, self.stepper.to_cache(),
+            self.model_kwargs,
         )
-
-
-def _reorder_cache(model, model_kwargs: dict, beam_rows: torch.Tensor) -> None:
-    """Make the cache follow the beams: row ``i`` of the next step continues row ``beam_rows[i]``."""
-    cache = cache_of(model_kwargs)
-    if cache is None:
-        return
-    if hasattr(model, "_reorder_cache"):
-        model_kwargs[CACHE_NAME] = model._reorder_cache(cache, beam_rows)
-    elif hasattr(cache, "reorder_cache"):
-        cache.reorder_cache(beam_rows)
-    else:
-        raise ValueError(f"{type(model).__name__}'s cache cannot be reordered, so beam search cannot use it.")
 
 
 def _best_hypotheses(finished: list[_FinishedHypotheses], unmet: Optional[list[_FinishedHypotheses]], count: int):
@@ -764,7 +740,7 @@ def diverse_beam_search(
             UserWarning,
             stacklevel=2,
         )
-    return _BeamSearch(
+    return BeamSearch(
         model, input_ids, logits_processor, stopping_criteria, config, synced_gpus,
         num_groups=num_groups, diversity_penalty=penalty, constraints=[], model_kwargs=model_kwargs,
     ).run()
@@ -793,7 +769,7 @@ def constrained_beam_search(
     if (config.num_beam_groups or 1) > 1:
         raise ValueError("Constrained beam search cannot be combined with num_beam_groups > 1.")
     constraints = build_constraints(config.force_words_ids, config.constraints)
-    return _BeamSearch(
+    return BeamSearch(
         model, input_ids, logits_processor, stopping_criteria, config, synced_gpus,
         num_groups=1, diversity_penalty=0.0, constraints=constraints, model_kwargs=model_kwargs,
     ).run()
@@ -830,11 +806,18 @@ _GENERATE_SIGNATURE = inspect.signature(GenerationMixin.generate)
 
 
 class ScratchGenerationMixin(GenerationMixin):
-    """``GenerationMixin`` whose ``generate`` also runs diverse and constrained beam search, offline.
+    """``GenerationMixin`` whose decoding runs through the engine of ``decoding.py``: every model family of the
+    package inherits it (see ``decoding.py`` for what a model must expose), and defines no generation hook itself.
 
-    When ``num_beam_groups > 1`` or ``force_words_ids`` / ``constraints`` are given (as arguments, in a
-    ``generation_config`` or in the model's own generation config) and no ``custom_generate`` is, ``generate`` uses
-    ``diverse_beam_search`` / ``constrained_beam_search`` instead of fetching them from the Hub.
+    - ``_sample`` (greedy search, sampling) runs ``decoding.sample_loop``, ``_beam_search`` (beam search, beam
+      sampling) runs ``BeamSearch``, each over the stepper ``decoding.choose_stepper`` picks: the model's forward,
+      or its exact fast twin with ``forward_implementation="fast"``;
+    - ``generate`` also runs diverse and constrained beam search, offline: when ``num_beam_groups > 1`` or
+      ``force_words_ids`` / ``constraints`` are given (as arguments, in a ``generation_config`` or in the model's own
+      generation config) and no ``custom_generate`` is, it uses ``diverse_beam_search`` / ``constrained_beam_search``
+      instead of fetching them from the Hub. A fast encoder-decoder's encoder runs its products through oneDNN for
+      the call (``decoding.encoder_through_weight_layouts``);
+    - the requested length is checked against the position table before decoding (``_validate_generated_length``).
     """
 
     def generate(self, *args, **kwargs) -> GenerateOutput | torch.LongTensor:
@@ -845,11 +828,43 @@ class ScratchGenerationMixin(GenerationMixin):
             if function is not None:
                 call.arguments["custom_generate"] = function
                 args, kwargs = call.args[1:], call.kwargs
-        with decoding_weight_layouts():  # weight copies laid out for decoding live for this call only
+        with encoder_through_weight_layouts(self):
             return super().generate(*args, **kwargs)
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
+                streamer=None, **model_kwargs):
+        """Greedy search and sampling: ``decoding.sample_loop`` (transformers' ``_sample``, step for step)."""
+        stepper = choose_stepper(self, input_ids, generation_config, model_kwargs, synced_gpus)
+        return sample_loop(self, stepper, input_ids, logits_processor, stopping_criteria, generation_config,
+                           synced_gpus, streamer, model_kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
+                     **model_kwargs):
+        """Beam search and beam sampling: ``BeamSearch`` (what transformers' ``_beam_search`` returns)."""
+        return BeamSearch(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                          num_groups=1, diversity_penalty=0.0, constraints=[], model_kwargs=model_kwargs).run()
+
+    def _validate_generated_length(self, generation_config, input_ids_length: int, has_default_max_length: bool):
+        """transformers' checks of the requested length, plus one: refuse, before decoding, a ``max_length`` that
+        would run the decoder past its position table (instead of failing at that step, output lost).
+
+        The decoder embeds every token but the last, so ``max_length`` tokens need ``max_length - 1`` positions.
+        (A default length is already capped at ``max_position_embeddings`` by transformers.)
+        """
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        positions, max_length = self.config.max_position_embeddings, generation_config.max_length
+        if max_length - 1 > positions:
+            most = positions + 1 - input_ids_length
+            fix = f"pass max_new_tokens <= {most}" if most > 0 else f"shorten the decoder prompt to {positions} tokens"
+            raise ValueError(
+                f"max_length={max_length} (the decoder prompt's {input_ids_length} token(s) + max_new_tokens) needs "
+                f"{max_length - 1} decoder positions, more than the decoder's position table has "
+                f"(max_position_embeddings={positions}); {fix}."
+            )
 
 
 __all__ = [
+    "BeamSearch",
     "Constraint",
     "PhrasalConstraint",
     "DisjunctiveConstraint",

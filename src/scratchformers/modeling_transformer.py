@@ -36,11 +36,6 @@ from .layers import (
     resolve_attention_function,
 )
 from .modeling_base import ScratchPreTrainedModel, model_cross_entropy
-from .fast_decoding import fast_beam_search, fast_greedy_search, unsupported_reason
-from .rewrites import (
-    exact_logits_processors, grow_self_attention_cache, is_fast, output_projection, fast_linears_while_generating,
-    shared_source_rows,
-)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -61,18 +56,14 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 
 
 def check_rows_per_source(
-    decoder_rows: int, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor],
-    shared: bool = False,
+    decoder_rows: int, encoder_hidden_states: torch.Tensor, encoder_attention_mask: Optional[torch.Tensor]
 ) -> None:
-    """One decoder row per encoder row; with ``shared`` (``forward_implementation="fast"``) also a multiple ``k``
-    of the encoder batch: rows ``b·k ... b·k + k - 1`` then translate source ``b`` (beam search and
-    ``num_return_sequences`` keep one copy of each source's encoder output, ``rewrites.shared_source_rows``)."""
+    """One decoder row per encoder row (``generate`` repeats the encoder output once per beam)."""
     sources = encoder_hidden_states.shape[0]
-    if decoder_rows % sources if shared else decoder_rows != sources:
-        allowed = ", or k consecutive rows per source (a multiple of the encoder batch)" if shared else ""
+    if decoder_rows != sources:
         raise ValueError(
             f"The decoder has {decoder_rows} rows but the encoder output has {sources}; pass one decoder row per "
-            f"source{allowed}."
+            "source (repeat the encoder output, e.g. encoder_hidden_states.repeat_interleave(k, 0), for k rows each)."
         )
     if encoder_attention_mask is not None and encoder_attention_mask.shape[0] != sources:
         raise ValueError(
@@ -84,8 +75,7 @@ def check_rows_per_source(
 def check_label_rows(
     labels: torch.Tensor, source: Optional[torch.Tensor], decoder_inputs: Optional[torch.Tensor]
 ) -> None:
-    """With labels (a loss) every decoder row is an example of its own: one row per source. The ``k`` rows per
-    source that ``check_rows_per_source`` allows are generation's beams, which never come with labels.
+    """With labels (a loss) every decoder row is an example of its own: one row per source.
 
     ``source``: input_ids, inputs_embeds or the encoder output; ``decoder_inputs``: decoder_input_ids or embeds.
     """
@@ -100,18 +90,12 @@ def check_label_rows(
 
 
 def make_attention(config: ScratchTransformerConfig, num_heads: int, layer_idx: int, **kwargs) -> MultiHeadAttention:
-    """One of the model's attentions (encoder, decoder self- or cross-attention) with the config's choices.
-
-    Cross-attention's kernel call may serve the beams of a source from one copy of its encoder output, with
-    ``forward_implementation="fast"`` (``rewrites.shared_source_rows``)."""
-    attention = MultiHeadAttention(
+    """One of the model's attentions (encoder, decoder self- or cross-attention) with the config's choices."""
+    return MultiHeadAttention(
         config, config.d_model, num_heads, config.attention_dropout, config.attention_bias,
         scoring=config.attention_scoring, layer_idx=layer_idx, num_key_value_heads=config.num_key_value_heads,
         qk_norm=config.qk_norm, **kwargs,
     )
-    if attention.is_cross_attention:
-        attention.kernel_wrapper = shared_source_rows
-    return attention
 
 
 class ScratchTransformerEncoderLayer(GradientCheckpointingLayer):
@@ -321,10 +305,8 @@ class ScratchTransformerEncoder(ScratchTransformerStack):
         length = hidden.shape[1]
         mask = build_attention_mask(attention_mask, length, length, causal=False)
         position_embeddings = self.rotary_positions(hidden)
-        # While generating with the fast setting, the layers' products run through oneDNN (``rewrites``).
-        with fast_linears_while_generating(self, self.config):
-            for layer in self.layers:
-                hidden = layer(hidden, mask, bool(output_attentions), position_embeddings)
+        for layer in self.layers:
+            hidden = layer(hidden, mask, bool(output_attentions), position_embeddings)
         return BaseModelOutput(last_hidden_state=self.final_norm(hidden))
 
 
@@ -359,8 +341,6 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
             raise ValueError("The decoder needs encoder_hidden_states (run the encoder first).")
         cache = self.cache_to_fill(cache, use_cache, lambda: EncoderDecoderCache(DynamicCache(config=self.config),
                                                                                  DynamicCache(config=self.config)))
-        if cache is not None and is_fast(self.config) and not torch.compiler.is_compiling():
-            grow_self_attention_cache(cache)  # rewrites.GrowingKeyValueLayer: appends without re-copying the past
         past_length = cache.get_seq_length() if cache is not None else 0
 
         hidden = self.embeddings(input_ids, inputs_embeds, past_length)
@@ -372,8 +352,7 @@ class ScratchTransformerDecoder(ScratchTransformerStack):
         else:
             self_mask = build_attention_mask(attention_mask, length, past_length + length, causal=True,
                                              past_length=past_length)
-        check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask,
-                              shared=is_fast(self.config))
+        check_rows_per_source(hidden.shape[0], encoder_hidden_states, encoder_attention_mask)
         cross_mask = build_attention_mask(encoder_attention_mask, length, encoder_hidden_states.shape[1], causal=False)
         position_embeddings = self.rotary_positions(hidden, past_length)
         for layer in self.layers:
@@ -500,86 +479,6 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
-        """Make the cache follow the beams that beam search keeps: row ``i`` continues row ``beam_idx[i]``.
-
-        Only the self-attention cache is reordered. Beam search picks the next beams of a source among that source's
-        own beams, whose cross-attention keys and values are the same: one row per beam, all equal (the encoder
-        output repeated ``num_beams`` times), or one row per source (``forward_implementation="fast"``). Reordering
-        them would copy every layer's encoder keys and values onto themselves at every step.
-        """
-        if isinstance(cache, EncoderDecoderCache):
-            cache.self_attention_cache.reorder_cache(beam_idx)
-        else:
-            cache.reorder_cache(beam_idx)
-        return cache
-
-    def _get_logits_processor(self, *args, **kwargs):
-        """transformers' logits processors; with ``forward_implementation="fast"`` the min-length ones are their
-        exact rewrites (``rewrites.exact_logits_processors``)."""
-        processors = super()._get_logits_processor(*args, **kwargs)
-        return exact_logits_processors(processors) if is_fast(self.config) else processors
-
-    def _decodes_fast(self, input_ids, generation_config, synced_gpus: bool, model_kwargs: dict) -> bool:
-        """Whether ``fast_decoding.FastDecoder`` stands in for the forward pass in this greedy or beam search."""
-        if generation_config.do_sample or synced_gpus:
-            return False
-        return unsupported_reason(self, generation_config, model_kwargs, len(input_ids)) is None
-
-    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
-                streamer=None, **model_kwargs):
-        """transformers' greedy search and sampling; with ``forward_implementation="fast"`` greedy search runs over
-        ``fast_decoding.FastDecoder`` (an exact twin), where it covers the model and the arguments."""
-        if self._decodes_fast(input_ids, generation_config, synced_gpus, model_kwargs):
-            return fast_greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
-                                      **model_kwargs)
-        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
-                               **model_kwargs)
-
-    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus: bool = False,
-                     **model_kwargs):
-        """transformers' beam search; with ``forward_implementation="fast"`` it runs over ``FastDecoder``
-        (``fast_decoding.fast_beam_search``, an exact twin), where that covers the model and the arguments."""
-        if self._decodes_fast(input_ids, generation_config, synced_gpus, model_kwargs):
-            return fast_beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
-        return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                                    **model_kwargs)
-
-    def _expand_inputs_for_generation(
-        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Optional[torch.Tensor] = None,
-        **model_kwargs,
-    ) -> tuple[Optional[torch.Tensor], dict]:
-        """Give each source ``expand_size`` decoder rows (beams, or ``num_return_sequences`` samples).
-
-        transformers repeats the encoder's last hidden state and mask ``expand_size`` times. With
-        ``forward_implementation="fast"`` they share one copy instead: cross-attention serves ``k`` consecutive
-        decoder rows from one encoder row (``rewrites.shared_source_rows``), which saves the repeat, ``k - 1`` of
-        every ``k`` cross-attention key/value projections and cache entries, and reading them at every step.
-        """
-        if not (is_encoder_decoder and is_fast(self.config)):
-            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
-        shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
-        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
-        return input_ids, {**model_kwargs, **shared}
-
-    def _validate_generated_length(self, generation_config, input_ids_length: int, has_default_max_length: bool):
-        """transformers' checks of the requested length, plus one: refuse, before decoding, a ``max_length`` that
-        would run the decoder past its position table (instead of failing at that step, output lost).
-
-        The decoder embeds every token but the last, so ``max_length`` tokens need ``max_length - 1`` positions.
-        (A default length is already capped at ``max_position_embeddings`` by transformers.)
-        """
-        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
-        positions, max_length = self.config.max_position_embeddings, generation_config.max_length
-        if max_length - 1 > positions:
-            most = positions + 1 - input_ids_length
-            fix = f"pass max_new_tokens <= {most}" if most > 0 else f"shorten the decoder prompt to {positions} tokens"
-            raise ValueError(
-                f"max_length={max_length} (the decoder prompt's {input_ids_length} token(s) + max_new_tokens) needs "
-                f"{max_length - 1} decoder positions, more than the decoder's position table has "
-                f"(max_position_embeddings={positions}); {fix}."
-            )
-
     @accepts_cache_alias
     def forward(
         self,
@@ -629,7 +528,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = output_projection(self.lm_head, hidden) if is_fast(self.config) else self.lm_head(hidden)
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = model_cross_entropy(logits, labels, self.config, self.training)

@@ -8,83 +8,31 @@ is a plain ``nn.Linear``, and fall back to the reference otherwise.
 
 | rewrite                      | replaces                                    | saves                                          |
 |------------------------------|---------------------------------------------|------------------------------------------------|
-| `shared_source_rows`         | the kernel call of the decoder's cross-attention | beams / samples keep one copy of their source |
 | `add_linear`                 | `AddNorm.forward` around a final linear     | one pass over the residual stream              |
 | `vit_attention_heads`        | `MultiHeadAttention` steps 1-2 in the ViT   | the key bias at inference, the value bias      |
 | `cls_attention_heads`        | the last ViT layer's attention for [CLS]    | every token's keys and values                  |
 | `vit_layer_forward`          | `ScratchViTLayer.forward` (where `vit_layer_applies`) | the three above together             |
 | `softmax_cross_entropy`      | `layers.cross_entropy`                      | the [N, V] tensors of torch's backward         |
-| `output_projection`          | the LM head's ``nn.Linear`` while decoding  | a transposed read of the [V, d] weight per step |
 | `exact_logits_processors`    | transformers' min-length logits processors  | a [V] mask and a [rows, V] ``where`` per step  |
-| `GrowingKeyValueLayer`       | the decoder's self-attention ``DynamicLayer`` | re-copying every past key/value at each step |
-| `packed_linear`, `fused_linear` | a plain ``nn.Linear`` (or several on one input) in fast decoding | reading the weight transposed; one product instead of three |
-| `FastLinears`                | the encoder's ``F.linear`` calls while generating | MKL's AVX2 code on AMD CPUs (oneDNN: 2x) |
 
-Greedy and beam search have their own written-out decoder step under the same switch: ``fast_decoding.py``.
+The decoder's step under the same switch is ``fast_decoding.FastDecoder`` (a stepper of ``decoding.py``); the CPU
+weight layouts it reads are ``cpu_weight_layout.py`` (no arithmetic of its own).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import threading
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from transformers.activations import GELUActivation, SiLUActivation
-from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 from .layers import AddNorm, DropPath, MultiHeadAttention
-from .precision import cpu_flags
-from .quantization import Int8Linear
-
-_SILU_FORWARD = SiLUActivation.forward
 
 
 def is_fast(config) -> bool:
     return getattr(config, "forward_implementation", "reference") == "fast"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Beams share their source's encoder output
-# --------------------------------------------------------------------------------------------------------------
-def fold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``[B·k, H, T, X] -> [B, H, k·T, X]``: each group of ``k = rows`` consecutive rows becomes one row whose
-    positions are those of its members, one after the other."""
-    batch_rows, heads, length, dim = x.shape
-    return x.view(batch_rows // rows, rows, heads, length, dim).transpose(1, 2).reshape(-1, heads, rows * length, dim)
-
-
-def unfold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """The inverse of ``fold_rows``: ``[B, H, k·T, X] -> [B·k, H, T, X]``."""
-    batch, heads, length, dim = x.shape
-    return x.view(batch, heads, rows, length // rows, dim).transpose(1, 2).reshape(-1, heads, length // rows, dim)
-
-
-def shared_source_rows(attention: Callable) -> Callable:
-    """The attention kernel ``attention``, for queries of ``B·k`` rows and keys/values of ``B`` rows: rows
-    ``b·k ... b·k + k - 1`` attend to row ``b`` (the beams or samples of one source, see
-    ``ScratchTransformerForConditionalGeneration._expand_inputs_for_generation``).
-
-    The reference repeats the encoder output ``k`` times; here the ``k`` query rows become extra query positions
-    of their source's row, so cross-attention projects, caches and reads one copy of the keys and values instead
-    of ``k``. Identical otherwise (every query position attends independently)."""
-
-    def shared(module, query, key, value, attention_mask, **kwargs):
-        rows = query.shape[0] // key.shape[0]
-        if rows == 1 or not is_fast(module.config):
-            return attention(module, query, key, value, attention_mask, **kwargs)
-        batch_rows, _, length, _ = query.shape
-        output, weights = attention(module, fold_rows(query, rows), key, value, attention_mask, **kwargs)
-        # output is [B, k·T, H, D], i.e. already [B·k, T, H, D] in memory.
-        output = output.reshape(batch_rows, length, *output.shape[2:])
-        return output, (unfold_rows(weights, rows) if weights is not None else None)
-
-    return shared
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -243,220 +191,24 @@ def softmax_cross_entropy(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Decoding: the output projection and the logits processors of every step
+# Decoding: what a rewrite may skip, and the logits processors of every step
 # --------------------------------------------------------------------------------------------------------------
-_DECODING = threading.local()  # .layouts: the weight copies kept during one generate call (decoding_weight_layouts)
-
-
-@contextlib.contextmanager
-def decoding_weight_layouts():
-    """For the duration of one ``generate`` call, keep the weight copies that the decoding rewrites lay out
-    (``output_projection``), and drop them at its end. The weights cannot change inside a call; between calls an
-    optimizer may change them without a trace (fused AdamW writes the parameters without bumping their version),
-    so no copy outlives the call. Yields the ``{module: (key, copy)}`` of this thread's outermost call."""
-    outer = getattr(_DECODING, "layouts", None)
-    if outer is not None:
-        yield outer
-        return
-    _DECODING.layouts = {}
-    try:
-        yield _DECODING.layouts
-    finally:
-        _DECODING.layouts = None
-
-
-def output_projection(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``lm_head(hidden)`` while decoding, through a copy of the ``[V, d]`` weight kept transposed (``[d, V]``,
-    contiguous): the product then reads the weight in its storage order, where ``F.linear`` reads it transposed.
-    With a small batch of rows (a decoding step: one position per beam) and a large vocabulary this is the largest
-    product of the step. Same kernel family, same sums (the tests hold it equal to the reference).
-
-    The copy lives for one ``generate`` call (``decoding_weight_layouts``) and is remade if the weight's storage or
-    version changes inside it. Outside a call, with gradients, under autocast, and for anything but a plain
-    ``nn.Linear`` (a peft or quantized head must be called as a module) the reference runs."""
-    layouts = getattr(_DECODING, "layouts", None)
-    if layouts is None or not _plain_linear_call(lm_head, hidden):
-        return lm_head(hidden)
-    weight = lm_head.weight
-    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-    cached = layouts.get(lm_head)
-    if cached is None or cached[0] != key:
-        cached = layouts[lm_head] = (key, weight.detach().t().contiguous())
-    transposed = cached[1]
-    rows = hidden.reshape(-1, hidden.shape[-1])
-    bias = lm_head.bias
-    logits = torch.mm(rows, transposed) if bias is None else torch.addmm(bias, rows, transposed)
-    return logits.view(*hidden.shape[:-1], transposed.shape[-1])
-
-
 def runs_as_written(module: nn.Module) -> bool:
     """Whether calling ``module`` runs its class's ``forward`` and nothing else: no ``forward`` replaced on the
     instance, no hooks of its own, no accelerate hook, no global module hooks. A rewrite may then compute what
-    that ``forward`` computes without calling it."""
+    that ``forward`` computes without calling it. (transformers' output-capturing hooks, left on the modules after
+    a call with ``output_attentions`` / ``output_hidden_states``, do nothing outside such a call: they do not
+    count.)"""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
     return ("forward" not in vars(module) and not hasattr(module, "_hf_hook")
-            and not (module._forward_hooks or module._forward_pre_hooks)
+            and all(_is_idle_output_capturing_hook(hook) for hook in hooks)
             and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks))
 
 
-def _plain_linear_call(module: nn.Module, hidden: torch.Tensor, autocast: bool = False) -> bool:
-    """Whether calling ``module`` on ``hidden`` is nothing but ``F.linear`` with its own weight, without gradients:
-    a plain ``nn.Linear`` (no subclass, no replaced ``forward``, no hooks: accelerate's offloading, a user's
-    forward hook), weight of ``hidden``'s dtype and device, outside torch.compile, and outside autocast unless
-    ``autocast`` (the caller casts as autocast would)."""
-    weight = getattr(module, "weight", None)
-    return (type(module) is nn.Linear and isinstance(weight, torch.Tensor) and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and (autocast or not torch.is_autocast_enabled(hidden.device.type))
-            and runs_as_written(module) and weight.dtype == hidden.dtype and weight.device == hidden.device and weight.device.type != "meta")
-
-
-#: float32 weights of at most this many entries run from a transposed copy through MKL where the CPU has no AVX-512,
-#: larger ones packed by oneDNN: measured per product on an AMD EPYC with AVX2 (Zen 3; benchmarks/README.md),
-#: 16 and 64 rows, oneDNN 1.2-1.7x faster on the feed-forward and vocabulary products of d_model 512 and on the
-#: vocabulary product of d_model 256, MKL 1.3-1.5x faster on the 256 x 256 ones. On an AMD EPYC with AVX-512
-#: (Zen 5) oneDNN was as fast on those and 1.5-3.5x faster on the others (MKL takes its AVX2 code there): every
-#: weight is packed by oneDNN where the CPU has AVX-512.
-SMALL_WEIGHT = 256 * 256
-
-
-@functools.cache
-def _has_avx512() -> bool:
-    return "avx512f" in cpu_flags()
-
-
-def _packs_with_onednn(weight: torch.Tensor) -> bool:
-    """Whether ``packed_linear`` lays ``weight`` out for oneDNN (else transposed, for MKL's ``addmm``)."""
-    if weight.device.type != "cpu" or not (torch.backends.mkldnn.is_available()
-                                           and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
-        return False
-    if weight.dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return weight.dtype == torch.float32 and (weight.numel() > SMALL_WEIGHT or _has_avx512())
-
-
-def _autocast_dtype(weight: torch.Tensor) -> Optional[torch.dtype]:
-    """The dtype autocast computes a linear layer in on ``weight``'s device, or None outside autocast."""
-    device = weight.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-
-
-def packed_linear(linear: nn.Module, rows: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``linear`` as a function of ``[N, in]`` inputs, from its weight laid out for the product.
-
-    A plain ``nn.Linear`` (``_plain_linear_call``) runs through oneDNN (on the CPU; see ``SMALL_WEIGHT``), its
-    weight packed into oneDNN's blocked layout for products of ``rows`` rows, or, with ``rows=None``, read as
-    stored (no copy: for a weight used once per call, where the reorder costs more than it saves; measured on the
-    AMD EPYC with AVX-512, oneDNN reads a stored weight as fast as a packed one at 384 rows, and packing paid at 16
-    and 64 rows only over many steps). Otherwise it runs from a transposed copy that ``addmm`` reads in storage
-    order (as ``output_projection`` does). Under CPU bf16 autocast (where oneDNN computes bf16) the
-    copy is bf16 and the input is cast to it, as autocast casts ``F.linear``'s arguments, so the product is
-    autocast's. The copy is made here, for one generation: no copy outlives the weights it was made from. Anything
-    else (peft, int8, hooks, other autocast, gradients) is called as the module it is."""
-    product = fused_linear([linear], rows)
-    return linear if product is None else product
-
-
-#: The activations that oneDNN applies to a product's output in the same pass (``fused_linear``): module type ->
-#: oneDNN's name and algorithm. transformers' GELU counts only when it is torch's exact (erf) GELU.
-_ONEDNN_ACTIVATIONS = {nn.ReLU: ("relu", ""), nn.SiLU: ("swish", ""), SiLUActivation: ("swish", ""),
-                       GELUActivation: ("gelu", "none")}
-
-
-def _onednn_activation(activation: Optional[nn.Module]) -> Optional[tuple[str, str]]:
-    fused = _ONEDNN_ACTIVATIONS.get(type(activation))
-    if fused is None or not runs_as_written(activation):
-        return None
-    if type(activation) is GELUActivation and getattr(activation, "act", None) is not nn.functional.gelu:
-        return None
-    if type(activation) is SiLUActivation and SiLUActivation.forward is not _SILU_FORWARD:
-        return None  # a kernel from the Hub took its place
-    return fused
-
-
-def fused_linear(linears: list[nn.Module], rows: Optional[int], activation: Optional[nn.Module] = None
-                 ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """One product for plain ``nn.Linear`` layers that read the same input: their outputs side by side (``[rows,
-    sum of outs]``, split by the caller), as ``packed_linear`` lays out one layer, with ``activation`` (a module)
-    applied to the result, inside oneDNN's pass where it can. None where a layer is not plain, or the layers
-    differ in dtype, device or having a bias."""
-    if all(type(linear) is Int8Linear for linear in linears):
-        return _int8_product(linears, activation)
-    weights = [getattr(linear, "weight", None) for linear in linears]
-    if not all(isinstance(w, torch.Tensor) and _plain_linear_call(l, w.new_empty(0), autocast=True)
-               for l, w in zip(linears, weights)):
-        return None
-    if len({(w.dtype, w.device, l.bias is None) for l, w in zip(linears, weights)}) != 1:
-        return None
-    cast = _autocast_dtype(weights[0])
-    if cast is not None and not (cast == torch.bfloat16 and weights[0].dtype == torch.float32
-                                 and weights[0].device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return None
-    weight = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
-    bias = None if linears[0].bias is None else torch.cat([l.bias.detach() for l in linears])
-    if cast is not None:
-        weight, bias = weight.to(cast), None if bias is None else bias.to(cast)
-    fused = _onednn_activation(activation) if activation is not None else None
-    if _packs_with_onednn(weight):
-        layout = weight if rows is None else torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        attr, algorithm = fused or ("none", "")
-        product = lambda x: torch.ops.mkldnn._linear_pointwise(x, layout, bias, attr, [], algorithm)  # noqa: E731
-    else:
-        fused, layout = None, weight.t().contiguous()
-        product = (lambda x: torch.mm(x, layout)) if bias is None else (lambda x: torch.addmm(bias, x, layout))
-    if activation is not None and fused is None:
-        product = (lambda product: lambda x: activation(product(x)))(product)
-    return product if cast is None else (lambda x: product(x.to(cast)))
-
-
-def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> Optional[Callable]:
-    """``Int8Linear`` layers (without hooks, without gradients) side by side as one int8 product: the input is
-    quantized once for all, with the scale each layer would give it alone (the same input), so each output is the
-    layer's own. None where a layer has hooks or a replaced ``forward``, or they differ in having a bias."""
-    if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or not all(
-            layer.weight.device.type == "cpu" and runs_as_written(layer) for layer in layers):
-        return None
-    if len(layers) == 1:
-        packed = layers[0].packed_weight()
-    else:
-        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
-        packed = Int8Linear.prepack(torch.cat([layer.weight for layer in layers]),
-                                    torch.cat([layer.weight_scale for layer in layers]), bias)
-    product = Int8Linear.packed_product(packed)
-    return product if activation is None else (lambda x: activation(product(x)))
-
-
-class FastLinears(TorchFunctionMode):
-    """Inside this mode, ``F.linear`` on the weight and bias of one of ``module``'s plain ``nn.Linear`` layers runs
-    through ``packed_linear(layer)`` (oneDNN reading the weight as stored: on this AMD EPYC 2x ``F.linear``'s MKL
-    at the encoder's 384 rows); everything else runs as it would. The encoder runs so while generating (once per
-    call, a whole source per product). Module hooks still run: only the product of a plain layer changes, and
-    only without gradients, for inputs of the weight's dtype or under autocast."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.products: dict[int, tuple] = {}  # id(weight) -> (weight, bias, product)
-        for layer in module.modules():
-            if type(layer) is nn.Linear and (product := packed_linear(layer)) is not layer:
-                self.products[id(layer.weight)] = (layer.weight, layer.bias, product)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is nn.functional.linear and len(args) >= 2 and not torch.is_grad_enabled():
-            entry = self.products.get(id(args[1]))
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            x = args[0]
-            if (entry is not None and entry[0] is args[1] and entry[1] is bias and x.dim() >= 1
-                    and (x.dtype == args[1].dtype or _autocast_dtype(args[1]) is not None)):
-                return entry[2](x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
-        return func(*args, **kwargs)
-
-
-def fast_linears_while_generating(module: nn.Module, config):
-    """``FastLinears(module)`` inside a ``generate`` call of a fast model (``decoding_weight_layouts``), without
-    gradients and outside torch.compile; elsewhere a context that changes nothing."""
-    if (is_fast(config) and getattr(_DECODING, "layouts", None) is not None and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()):
-        return FastLinears(module)
-    return contextlib.nullcontext()
+def _is_idle_output_capturing_hook(hook) -> bool:
+    """transformers' ``output_capturing_hook``: it records outputs only inside a capturing model call."""
+    return (getattr(hook, "__module__", None) == "transformers.utils.output_capturing"
+            and getattr(hook, "__name__", None) == "output_capturing_hook")
 
 
 def _mask_eos_(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
@@ -521,91 +273,3 @@ def exact_logits_processors(processors):
             replacement.__dict__.update(processor.__dict__)
             processors[index] = replacement
     return processors
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Decoding: a self-attention cache that appends in place
-# --------------------------------------------------------------------------------------------------------------
-def _is_filled_prefix(past: torch.Tensor, buffer: Optional[torch.Tensor], filled: int) -> bool:
-    """Whether ``past`` is exactly the first ``filled`` positions of ``buffer`` (the view this layer made last)."""
-    return (buffer is not None and past.dim() == 4 and past.data_ptr() == buffer.data_ptr()
-            and past.stride() == buffer.stride() and past.shape[-2] == filled
-            and past.shape[:2] == buffer.shape[:2] and past.shape[-1] == buffer.shape[-1]
-            and past.dtype == buffer.dtype and past.device == buffer.device)
-
-
-def _append(past: torch.Tensor, buffer: Optional[torch.Tensor], filled: int, new: torch.Tensor):
-    """``torch.cat([past, new], -2)`` as a view of a buffer with room for later steps: (view, buffer, filled)."""
-    length = past.shape[-2] if past.dim() == 4 else 0
-    total = length + new.shape[-2]
-    fits = (_is_filled_prefix(past, buffer, filled) and total <= buffer.shape[-2] and new.dtype == buffer.dtype
-            and new.shape[:2] == buffer.shape[:2] and new.shape[-1] == buffer.shape[-1])
-    if not fits:  # first step, or the keys were replaced (reordered elsewhere, cropped, offloaded ...): a new buffer
-        batch, heads, _, dim = new.shape
-        if length and (past.shape[:2] != new.shape[:2] or past.shape[-1] != dim or past.dtype != new.dtype
-                       or past.device != new.device):
-            return torch.cat([past, new], dim=-2), None, 0  # let torch report (or do) what the reference does
-        buffer = new.new_empty(batch, heads, max(2 * total, 16), dim)
-        if length:
-            buffer[:, :, :length].copy_(past)
-    buffer[:, :, length:total].copy_(new)
-    return buffer[:, :, :total], buffer, total
-
-
-class GrowingKeyValueLayer(DynamicLayer):
-    """``DynamicLayer`` (transformers' default cache layer) whose ``keys`` and ``values`` are views of buffers with
-    room for later steps: a step writes its keys and values after the past ones, where ``DynamicLayer.update``
-    concatenates (copies every past key and value of the layer at every step). The buffers double when full.
-
-    ``keys`` / ``values`` are what the reference holds (``[B, H, T, D]``, the same numbers), views instead of
-    contiguous tensors. Beam reordering writes the selected rows into a fresh buffer (the reference's
-    ``index_select``, same cost). Anything else that replaces ``keys`` or ``values`` (``crop``,
-    ``batch_select_indices``, offloading, a user's assignment) is noticed at the next update, which then copies them
-    into a new buffer, as the reference's concatenation would; positions past the filled ones are never visible.
-    (One difference: the reference's ``keys`` of an earlier step is a tensor of its own, here a view of the buffer,
-    so writing into it in place would reach the cache.)"""
-
-    _layer_type = None  # not registered as transformers' layer of any attention type
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        key_buffer, value_buffer, filled = self.__dict__.get("_growing", (None, None, 0))
-        self.keys, key_buffer, key_filled = _append(self.keys, key_buffer, filled, key_states)
-        self.values, value_buffer, value_filled = _append(self.values, value_buffer, filled, value_states)
-        same = key_buffer is not None and value_buffer is not None and key_filled == value_filled
-        self.__dict__["_growing"] = (key_buffer, value_buffer, key_filled) if same else (None, None, 0)
-        return self.keys, self.values
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        key_buffer, value_buffer, filled = self.__dict__.get("_growing", (None, None, 0))
-        if self.get_seq_length() == 0 or not (_is_filled_prefix(self.keys, key_buffer, filled)
-                                               and _is_filled_prefix(self.values, value_buffer, filled)):
-            self.__dict__["_growing"] = (None, None, 0)
-            return super().reorder_cache(beam_idx)
-        if beam_idx.numel() != key_buffer.shape[0]:
-            self.__dict__["_growing"] = (None, None, 0)
-            return super().reorder_cache(beam_idx)
-        beam_idx = beam_idx.to(self.keys.device)
-        new_keys, new_values = torch.empty_like(key_buffer), torch.empty_like(value_buffer)
-        self.keys = torch.index_select(self.keys, 0, beam_idx, out=new_keys[:, :, :filled])
-        self.values = torch.index_select(self.values, 0, beam_idx, out=new_values[:, :, :filled])
-        self.__dict__["_growing"] = (new_keys, new_values, filled)
-
-    def reset(self) -> None:
-        self.__dict__.pop("_growing", None)
-        super().reset()
-
-
-def grow_self_attention_cache(cache) -> None:
-    """Make the self-attention layers of an ``EncoderDecoderCache`` append in place (``GrowingKeyValueLayer``):
-    its ``DynamicLayer``s (exactly that type: sliding-window, static, quantized or offloaded layers are left alone)
-    and the layers it will create."""
-    self_cache = getattr(cache, "self_attention_cache", None)
-    if self_cache is None or getattr(self_cache, "offloading", False):
-        return
-    for layer in self_cache.layers:
-        if type(layer) is DynamicLayer:
-            layer.__class__ = GrowingKeyValueLayer
-    if getattr(self_cache, "layer_class_to_replicate", None) is DynamicLayer:
-        self_cache.layer_class_to_replicate = GrowingKeyValueLayer
