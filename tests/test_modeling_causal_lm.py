@@ -1,12 +1,23 @@
 """ScratchTransformerLMModel / ForCausalLM: outputs, the shifted loss, causality, the KV cache, left padding."""
 
+import copy
+import json
+
 import pytest
 import torch
+from tokenizers import processors
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, pipeline
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+import scratchformers as sf
 from scratchformers.compat import cache_of
 from scratchformers.configuration_causal_lm import ScratchTransformerLMConfig
 from scratchformers.modeling_causal_lm import ScratchTransformerForCausalLM, ScratchTransformerLMModel
+from scratchformers.quantization import Int8Linear
+
+from conftest import run_without_package
+from translation_fixtures import corpus
 
 PAD, BOS, EOS = 0, 1, 2
 VARIANTS = {
@@ -172,3 +183,92 @@ def test_a_prompt_longer_than_the_position_table_is_refused():
     model = make_lm(max_position_embeddings=8)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings=8"):
         model(torch.full((1, 9), 5))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Saved, shared, served: Auto classes, remote code, the stock text-generation pipeline, int8
+# --------------------------------------------------------------------------------------------------------------
+PROMPTS = ["the red cat", "a big dog ran home"]
+
+
+def save_lm(directory, **overrides):
+    """A tiny LM and a byte-level BPE tokenizer that adds no EOS to a prompt (as GPT-2's), saved together."""
+    tokenizer = sf.train_tokenizer(corpus(), vocab_size=300, min_frequency=1)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    model = make_lm(vocab_size=len(tokenizer), **overrides)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model, tokenizer
+
+
+def test_a_saved_lm_loads_with_the_auto_classes(tmp_path):
+    model, _ = save_lm(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "scratch_transformer_lm"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_causal_lm.ScratchTransformerForCausalLM"
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ScratchTransformerLMConfig)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert type(loaded) is ScratchTransformerForCausalLM
+    batch = left_padded_batch()
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+    assert type(AutoModel.from_pretrained(tmp_path)) is ScratchTransformerLMModel
+
+
+def test_the_stock_text_generation_pipeline_continues_prompts_as_generate_does(tmp_path):
+    model, tokenizer = save_lm(tmp_path)
+    generator = pipeline("text-generation", model=str(tmp_path))
+    settings = dict(max_new_tokens=8, do_sample=False)
+    expected = [tokenizer.decode(model.generate(**tokenizer(p, return_tensors="pt"), **settings)[0]) for p in PROMPTS]
+    assert [generator(p, **settings)[0]["generated_text"] for p in PROMPTS] == expected
+    batched = generator(PROMPTS, batch_size=2, **settings)  # padded together
+    assert [out[0]["generated_text"] for out in batched] == expected
+
+
+def test_remote_code_in_a_process_without_the_package(tmp_path):
+    model, tokenizer = save_lm(tmp_path / "lm", position_embedding="rotary", activation_function="swiglu",
+                               qk_norm=True, num_key_value_heads=2)
+    batch = left_padded_batch()
+    torch.save(batch, tmp_path / "batch.pt")
+    directory = str(tmp_path / "lm")
+    run_without_package(f"""
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM, pipeline
+        batch = torch.load({str(tmp_path / 'batch.pt')!r})
+        model = AutoModelForCausalLM.from_pretrained({directory!r}, trust_remote_code=True,
+                                                     attn_implementation="eager").eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(AutoModel.from_pretrained({directory!r}, trust_remote_code=True)).__name__ == "ScratchTransformerLMModel"
+        settings = dict(max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+        with torch.no_grad():
+            out = {{"logits": model(**batch).logits, "greedy": model.generate(**batch, **settings),
+                    "beam": model.generate(**batch, num_beams=3, **settings)}}
+        generator = pipeline("text-generation", model={directory!r}, trust_remote_code=True)
+        out["text"] = generator({PROMPTS[0]!r}, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        torch.save(out, {str(tmp_path / 'out.pt')!r})
+    """, tmp_path)
+    remote = torch.load(tmp_path / "out.pt")
+    settings = dict(max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+    with torch.no_grad():
+        torch.testing.assert_close(remote["logits"], model(**batch).logits, atol=0, rtol=0)
+    assert torch.equal(remote["greedy"], model.generate(**batch, **settings))
+    assert torch.equal(remote["beam"], model.generate(**batch, num_beams=3, **settings))
+    prompt = tokenizer(PROMPTS[0], return_tensors="pt")
+    assert remote["text"] == tokenizer.decode(model.generate(**prompt, max_new_tokens=8, do_sample=False)[0])
+
+
+def test_a_saved_int8_lm_loads_as_int8_and_generates_the_same(tmp_path):
+    model, tokenizer = save_lm(tmp_path / "fp32")
+    int8 = sf.quantize_int8(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.Linear) for m in int8.modules())
+    assert isinstance(int8.lm_head, Int8Linear) and not int8.config.tie_word_embeddings
+    torch.testing.assert_close(int8.lm_head.dequantized_weight(), model.lm_head.weight, atol=0.02, rtol=0)
+    prompt = tokenizer(PROMPTS[1], return_tensors="pt")
+    with torch.no_grad():
+        fp32_logits = model(**prompt).logits
+        torch.testing.assert_close(int8(**prompt).logits, fp32_logits, atol=0.1 * fp32_logits.abs().max().item(), rtol=0)
+    expected = {search: int8.generate(**prompt, max_new_tokens=8, **dict(search)) for search in ((), (("num_beams", 3),))}
+    int8.save_pretrained(tmp_path / "int8")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8")
+    assert loaded.config.quantization == "int8" and isinstance(loaded.model.layers[0].ffn.fc1, Int8Linear)
+    for search, output in expected.items():
+        assert torch.equal(loaded.generate(**prompt, max_new_tokens=8, **dict(search)), output)

@@ -1,4 +1,4 @@
-"""peft LoRA on both models: an adapter on any projection changes the output, trains, and survives merging."""
+"""peft LoRA on every model: an adapter on any projection changes the output, trains, and survives merging."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 peft = pytest.importorskip("peft", reason="pip install -e '.[peft]'")
 
+from test_modeling_causal_lm import make_lm  # noqa: E402
 from test_modeling_transformer import make_model  # noqa: E402
 from vit_fixtures import pixels, tiny_vit  # noqa: E402
 
@@ -22,13 +23,18 @@ def seq2seq_case():
     return make_model(init_std=0.3), inputs, "logits"  # peaked attention, so that q/k adapters matter
 
 
+def causal_lm_case():
+    input_ids = torch.randint(3, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    return make_lm(), {"input_ids": input_ids, "labels": input_ids}, "logits"
+
+
 def vit_case():
     return tiny_vit(init_std=0.3).eval(), {"pixel_values": pixels(), "labels": torch.tensor([1, 2])}, "logits"
 
 
 # peft 0.21 itself reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning since 5.23).
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-@pytest.mark.parametrize("case", [seq2seq_case, vit_case], ids=["seq2seq", "vit"])
+@pytest.mark.parametrize("case", [seq2seq_case, causal_lm_case, vit_case], ids=["seq2seq", "causal_lm", "vit"])
 @pytest.mark.parametrize("target", PROJECTIONS)
 def test_lora_adapter_changes_the_output_trains_and_merges(case, target):
     base, inputs, key = case()

@@ -2,7 +2,8 @@
 
 Importing the package registers everything with transformers:
 - the models with the Auto* classes, so ``AutoConfig`` / ``AutoModel`` / ``AutoModelForSeq2SeqLM`` /
-  ``AutoModelForImageClassification`` / ``AutoImageProcessor`` ``.from_pretrained(dir)`` load our checkpoints;
+  ``AutoModelForCausalLM`` / ``AutoModelForImageClassification`` / ``AutoImageProcessor``
+  ``.from_pretrained(dir)`` load our checkpoints;
 - ``register_for_auto_class``, so every saved checkpoint carries our code and also loads with
   ``trust_remote_code=True`` where this package is not installed;
 - the ``"translation"`` pipeline that transformers 5 removed.
@@ -12,17 +13,24 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSeq2SeqLM,
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the top-level one needs torchvision
 from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
 
+from .configuration_causal_lm import ScratchTransformerLMConfig
 from .configuration_transformer import ScratchTransformerConfig
 from .configuration_vit import ScratchViTConfig
-from .convert import marian_to_scratch, vit_to_scratch
+from .convert import gpt2_to_scratch, marian_to_scratch, vit_to_scratch
 from .generation import DisjunctiveConstraint, PhrasalConstraint, constrained_beam_search, diverse_beam_search
 from .image_processing_vit import ScratchViTImageProcessorPil, make_image_processor
+from .modeling_causal_lm import (
+    ScratchTransformerForCausalLM,
+    ScratchTransformerLMModel,
+    ScratchTransformerLMPreTrainedModel,
+)
 from .modeling_transformer import (
     ScratchTransformerForConditionalGeneration,
     ScratchTransformerModel,
@@ -42,6 +50,14 @@ AutoModelForSeq2SeqLM.register(ScratchTransformerConfig, ScratchTransformerForCo
 ScratchTransformerConfig.register_for_auto_class()
 ScratchTransformerModel.register_for_auto_class("AutoModel")
 ScratchTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+
+# The decoder-only language model (GPT); pipeline("text-generation") is transformers' own.
+AutoConfig.register("scratch_transformer_lm", ScratchTransformerLMConfig, exist_ok=True)
+AutoModel.register(ScratchTransformerLMConfig, ScratchTransformerLMModel, exist_ok=True)
+AutoModelForCausalLM.register(ScratchTransformerLMConfig, ScratchTransformerForCausalLM, exist_ok=True)
+ScratchTransformerLMConfig.register_for_auto_class()
+ScratchTransformerLMModel.register_for_auto_class("AutoModel")
+ScratchTransformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 # The Vision Transformer, and the Pillow-only image processor every ViT checkpoint is saved with.
 AutoConfig.register("scratch_vit", ScratchViTConfig, exist_ok=True)
@@ -84,6 +100,10 @@ __all__ = [
     "ScratchTransformerModel",
     "ScratchTransformerForConditionalGeneration",
     "ScratchTransformerPreTrainedModel",
+    "ScratchTransformerLMConfig",
+    "ScratchTransformerLMModel",
+    "ScratchTransformerForCausalLM",
+    "ScratchTransformerLMPreTrainedModel",
     "ScratchViTConfig",
     "ScratchViTModel",
     "ScratchViTForImageClassification",
@@ -98,6 +118,7 @@ __all__ = [
     "PhrasalConstraint",
     "DisjunctiveConstraint",
     "marian_to_scratch",
+    "gpt2_to_scratch",
     "vit_to_scratch",
     "plot_attention",
     "plot_beam_search",
