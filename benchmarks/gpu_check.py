@@ -531,6 +531,35 @@ def check_decoding(table: Table, device: torch.device, smoke: bool) -> None:
         table.add("decode engines that failed", "; ".join(report["failed"])[:160], "fail")
 
 
+def check_bf16_decoding(table: Table, device: torch.device, smoke: bool) -> None:
+    """Greedy decoding of ours (fast) in fp32, under bf16 autocast, and with its weights cast to bf16, timed in
+    alternating rounds: which bf16 a device should decode in, and how many tokens each keeps of fp32's."""
+    size, batch_size, rounds = ("smoke", 2, 1) if smoke else ("base", 16, 5)
+    ours, _ = bench_seq2seq.build_models(size, 8000 if not smoke else 64, 0)
+    ours.generation_config.forced_eos_token_id = None
+    ours = ours.to(device).eval()
+    ours.config.forward_implementation = "fast"
+    cast = bench_seq2seq.build_models(size, 8000 if not smoke else 64, 0)[0].to(device, torch.bfloat16).eval()
+    cast.generation_config.forced_eos_token_id = None
+    cast.config.forward_implementation = "fast"
+    args = argparse.Namespace(batch=batch_size, src_len=24, tgt_len=32, vocab=ours.config.vocab_size, padded=False)
+    batch = tuple(t.to(device) for t in bench_seq2seq.make_batch(args, torch.Generator().manual_seed(0)))
+    new_tokens = 32 if not smoke else 4
+    runs = {"fp32": bench_seq2seq.generate_fn(ours, batch, new_tokens, 1),
+            "autocast": bench_seq2seq.generate_fn(ours, batch, new_tokens, 1, torch.bfloat16),
+            "bf16 weights": bench_seq2seq.generate_fn(cast, batch, new_tokens, 1)}
+    outputs = {name: run() for name, run in runs.items()}
+    from _common import alternate
+
+    timing = alternate(runs, batch_size * new_tokens, 1, rounds,
+                       ratios={"autocast": ("autocast", "fp32"), "weights": ("bf16 weights", "fp32")})
+    same = {name: float((out == outputs["fp32"]).float().mean()) for name, out in outputs.items() if name != "fp32"}
+    table.reports["bf16-decoding"] = {"timing": timing, "token_agreement_with_fp32": same}
+    table.add(f"decode greedy {size} (fast), bf16 autocast / bf16 weights vs fp32, {device.type}",
+              f"x{timing['autocast']:.2f} / x{timing['weights']:.2f} ({timing['fp32']:,.0f} fp32 new tokens/s); "
+              f"tokens as fp32: {same['autocast']:.0%} / {same['bf16 weights']:.0%}", "measured")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Preparing a machine without network
 # ----------------------------------------------------------------------------------------------------------------
@@ -612,7 +641,8 @@ def main(argv: list[str] | None = None) -> Table:
             "save-load": lambda: check_save_load(table, device, workdir),
             "syncs": lambda: check_host_syncs(table, device),
             "throughput": lambda: check_training_throughput(table, device, args.smoke),
-            "decoding": lambda: check_decoding(table, device, args.smoke),
+            "decoding": lambda: (check_decoding(table, device, args.smoke),
+                                 check_bf16_decoding(table, device, args.smoke)),
             "training": lambda: check_training_runs(table, device, workdir, out, args.smoke),
         }
         for name, part in parts.items():
