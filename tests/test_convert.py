@@ -108,16 +108,27 @@ def test_logits_match_gpt2_on_a_left_padded_batch(attn_implementation):
     assert ours(input_ids, labels=input_ids).loss.item() == pytest.approx(gpt2(input_ids, labels=input_ids).loss.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [dict(do_sample=False), dict(num_beams=3, length_penalty=0.7), dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8)],
-    ids=["greedy", "beam", "sampling"],
-)
+# The generate() chapter: every parameter, on converted weights, against GPT-2 itself (sampling with the same seed).
+GENERATE_SETTINGS = {
+    "greedy": dict(do_sample=False),
+    "repetition_penalty": dict(repetition_penalty=1.5),
+    "no_repeat_ngram_size": dict(no_repeat_ngram_size=2),
+    "eos_bias_and_min_length": dict(sequence_bias={(GPT2_EOS,): 4.0}, min_new_tokens=4),
+    "min_max_length": dict(min_length=12, max_length=15, sequence_bias={(GPT2_EOS,): 4.0}),
+    "beam_length_penalty": dict(num_beams=3, length_penalty=0.7, sequence_bias={(GPT2_EOS,): 2.0}),
+    "beam_return_sequences": dict(num_beams=4, num_return_sequences=2, early_stopping=True),
+    "sampling": dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8),
+    "sampling_return_sequences": dict(do_sample=True, top_p=0.7, num_return_sequences=3),
+    "beam_sampling": dict(do_sample=True, num_beams=3, temperature=1.5),
+}
+
+
+@pytest.mark.parametrize("settings", GENERATE_SETTINGS.values(), ids=GENERATE_SETTINGS.keys())
 def test_generate_matches_gpt2(settings):
     gpt2 = make_gpt2()
     ours = gpt2_to_scratch(gpt2)
     input_ids, attention_mask = gpt2_batch()
-    kwargs = dict(attention_mask=attention_mask, max_new_tokens=10, pad_token_id=GPT2_EOS, **settings)
+    kwargs = dict(attention_mask=attention_mask, pad_token_id=GPT2_EOS, **{"max_new_tokens": 10, **settings})
     torch.manual_seed(7)
     expected = gpt2.generate(input_ids, **kwargs)
     torch.manual_seed(7)

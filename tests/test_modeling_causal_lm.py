@@ -12,11 +12,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 import scratchformers as sf
 from scratchformers.compat import cache_of
+from scratchformers.generation import constrained_beam_search, diverse_beam_search
 from scratchformers.configuration_causal_lm import ScratchTransformerLMConfig
 from scratchformers.modeling_causal_lm import ScratchTransformerForCausalLM, ScratchTransformerLMModel
 from scratchformers.quantization import Int8Linear
 
+from _generation_utils import contains
 from conftest import run_without_package
+from test_generation import transformers_beam_search
 from translation_fixtures import corpus
 
 PAD, BOS, EOS = 0, 1, 2
@@ -183,6 +186,36 @@ def test_a_prompt_longer_than_the_position_table_is_refused():
     model = make_lm(max_position_embeddings=8)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings=8"):
         model(torch.full((1, 9), 5))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# generate(): the modes beyond transformers' core (GPT-2 parity of the others: test_convert.py)
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("function", [diverse_beam_search, constrained_beam_search])
+def test_one_group_and_no_constraints_is_core_beam_search_on_left_padded_prompts(function):
+    model = make_lm()
+    batch = left_padded_batch()
+    settings = dict(num_beams=4, num_return_sequences=2, length_penalty=0.5, max_new_tokens=6, pad_token_id=PAD,
+                    return_dict_in_generate=True, output_scores=True)
+    core = model.generate(**batch, custom_generate=transformers_beam_search, **settings)
+    ours = model.generate(**batch, custom_generate=function, **settings)
+    assert torch.equal(ours.sequences, core.sequences)
+    torch.testing.assert_close(ours.sequences_scores, core.sequences_scores)
+
+
+def test_constrained_beams_contain_the_phrase_and_diverse_groups_start_differently():
+    model = make_lm()
+    batch = left_padded_batch()
+    settings = dict(num_beams=4, num_return_sequences=4, max_new_tokens=6, pad_token_id=PAD)
+    plain = model.generate(**batch, **settings)[:, 8:].tolist()
+    assert not all(contains(row, [7, 8]) for row in plain)
+    constrained = model.generate(**batch, force_words_ids=[[7, 8]], **settings)[:, 8:].tolist()
+    assert all(contains(row, [7, 8]) for row in constrained)
+    diverse = model.generate(**batch, num_beam_groups=2, diversity_penalty=5.0, **settings)[:, 8]
+    plain_first = torch.tensor(plain)[:, 0]
+    for row in range(3):
+        firsts = set(diverse[4 * row:4 * row + 4].tolist())
+        assert len(firsts) >= 2 and len(firsts) >= len(set(plain_first[4 * row:4 * row + 4].tolist()))
 
 
 # --------------------------------------------------------------------------------------------------------------
