@@ -301,3 +301,32 @@ def test_fast_decoding_of_a_bf16_model_gives_the_reference_tokens(monkeypatch):
         reference, fast = both(model, **sources(seed=1, vocab=16), max_new_tokens=10, num_beams=num_beams)
         assert torch.equal(reference, fast)
     assert counter.calls > 0
+
+
+LM_VARIANTS = {
+    "gpt2 (pre-norm, learned positions, gelu)": dict(),
+    "rotary, swiglu, rmsnorm, qk-norm, gqa": dict(position_embedding="rotary", activation_function="swiglu",
+                                                   norm_type="rmsnorm", qk_norm=True, num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("variant", LM_VARIANTS)
+@pytest.mark.parametrize("mode", [dict(), dict(num_beams=3), dict(do_sample=True, top_k=5, num_return_sequences=2)],
+                         ids=["greedy", "beam", "sampling"])
+def test_a_decoder_only_model_decodes_fast_to_the_reference_tokens_on_left_padding(variant, mode, monkeypatch):
+    """The same FastDecoder serves a stack without cross-attention: padded keys masked, positions from the mask."""
+    torch.manual_seed(0)
+    config = sf.ScratchTransformerLMConfig(
+        vocab_size=40, d_model=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, dropout=0.0,
+        attention_dropout=0.0, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        init_std=0.3, **LM_VARIANTS[variant])
+    model = sf.ScratchTransformerForCausalLM(config).eval()
+    input_ids = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :3] = 0
+    attention_mask[2, :6] = 0
+    counter = StepCounter(monkeypatch)
+    reference, fast = both(model, input_ids=input_ids.masked_fill(attention_mask == 0, 0),
+                           attention_mask=attention_mask, max_new_tokens=8, min_new_tokens=8, **mode)
+    assert counter.calls > 0
+    assert torch.equal(reference, fast)

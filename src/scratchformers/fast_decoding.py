@@ -139,7 +139,7 @@ class FastDecoder:
             self.rows_per_source = k = rows_per_source(encoder_hidden_states, encoder_attention_mask, expand_size)
             sources = encoder_hidden_states[::k]
             self.cross = [self._source_keys_values(layer.cross_attn, sources) for layer in self.layers]
-            if encoder_attention_mask is not None:  # [sources, 1, 1, S]: 0 where a key may be attended, else -inf
+            if encoder_attention_mask is not None:  # [sources, 1, 1, S]: 0 where a key may be attended
                 self.cross_mask = _additive(encoder_attention_mask[::k][:, None, None, :], sources.dtype)
         device = next(model.parameters()).device
         dtype = encoder_hidden_states.dtype if encoder_hidden_states is not None else decoder.embeddings.embed_tokens.weight.dtype
@@ -366,8 +366,9 @@ class FastDecoder:
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A 0/1 mask as additive scores: 0 where a key may be attended, -inf where not."""
-    return torch.zeros(mask.shape, device=mask.device, dtype=dtype).masked_fill(mask == 0, float("-inf"))
+    """A 0/1 mask as additive scores: 0 where a key may be attended, the dtype's lowest value where not (finite, so
+    that a padding query that may attend nothing stays finite, as in the reference, instead of spreading NaN)."""
+    return torch.zeros(mask.shape, device=mask.device, dtype=dtype).masked_fill(mask == 0, torch.finfo(dtype).min)
 
 
 def _add_norm(add_norm: AddNorm, sublayer: Callable) -> Callable:
