@@ -31,7 +31,7 @@ import contextlib
 import json
 import math
 import os
-import shutil
+import re
 import sqlite3
 import subprocess
 import sys
@@ -373,17 +373,22 @@ def check_host_syncs(table: Table, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Training: accelerate launch, and the throughput against Hugging Face's models
 # ----------------------------------------------------------------------------------------------------------------
-def training_command(task: str, output_dir: Path, device: torch.device, smoke: bool) -> list[str]:
-    """``accelerate launch training/run.py`` for ``task``: a few hundred steps (2 in smoke mode), bf16 on a GPU."""
+def training_command(task: str, output_dir: Path, device: torch.device, smoke: bool,
+                     precision: str = "bf16") -> list[str]:
+    """``accelerate launch training/run.py`` for ``task``: a few hundred steps (2 in smoke mode); ``precision``
+    "bf16" asks for bf16 on a GPU (launcher and script), "default" leaves the choice to the script."""
     steps = 2 if smoke else 300
+    bf16 = device.type == "cuda" and precision == "bf16"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-              "--dynamo_backend", "no", "--mixed_precision", "bf16" if device.type == "cuda" else "no"]
+              "--dynamo_backend", "no", "--mixed_precision", "bf16" if bf16 else "no"]
     if device.type == "cpu":
         launch.append("--cpu")
     arguments = ["--task", task, "--output_dir", str(output_dir), "--overwrite_output_dir", "True",
                  "--max_steps", str(steps), "--eval_steps", str(steps), "--save_steps", str(steps),
                  "--logging_steps", str(max(steps // 6, 1)), "--max_eval_samples", "16" if smoke else "128",
-                 "--report_to", "none", "--disable_tqdm", "True", "--bf16", str(device.type == "cuda")]
+                 "--report_to", "none", "--disable_tqdm", "True"]
+    if precision == "bf16":
+        arguments += ["--bf16", str(bf16)]
     if smoke:
         arguments += ["--model_size", "tiny", "--max_train_samples", "64", "--num_samples", "1"]
     return [*launch, str(HERE.parent / "training" / "run.py"), *arguments]
@@ -392,9 +397,11 @@ def training_command(task: str, output_dir: Path, device: torch.device, smoke: b
 def check_training_runs(table: Table, device: torch.device, workdir: Path, out: Path, smoke: bool) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent / "src"), env.get("PYTHONPATH")]))
-    for task, metric in (("translation", "test_bleu"), ("image-classification", "test_accuracy")):
+    # translation asks for bf16; image classification leaves the precision to the script (bf16 on a GPU with it)
+    for task, metric, precision in (("translation", "test_bleu", "bf16"),
+                                    ("image-classification", "test_accuracy", "default")):
         output_dir = workdir / f"train-{task}"
-        command = training_command(task, output_dir, device, smoke)
+        command = training_command(task, output_dir, device, smoke, precision)
         start = time.perf_counter()
         process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         seconds = time.perf_counter() - start
@@ -408,10 +415,15 @@ def check_training_runs(table: Table, device: torch.device, workdir: Path, out: 
         results = json.loads(results_file.read_text())
         table.reports[f"train-{task}"] = results
         loss = results.get("train_loss", float("nan"))
-        table.check(f"accelerate launch training/run.py --task {task} ({'bf16' if device.type == 'cuda' else 'fp32'}, "
-                    f"{results.get('train_steps')} steps)",
-                    f"{seconds:.0f} s in all, {results.get('train_samples_per_second', 0):.0f} samples/s, "
-                    f"loss {loss:.3f}, {metric} {results.get(metric, float('nan')):.3g}", math.isfinite(loss))
+        trained_bf16 = re.search(r"^bf16=True,", process.stdout + process.stderr, re.MULTILINE) is not None
+        expected = device.type == "cuda" and (precision == "bf16" or torch.cuda.is_bf16_supported())
+        asked = f"--bf16 {device.type == 'cuda'}" if precision == "bf16" else "no precision flag"
+        table.check(f"accelerate launch training/run.py --task {task} ({asked}, {results.get('train_steps')} steps)",
+                    f"trained in {'bf16' if trained_bf16 else 'fp32'}; {seconds:.0f} s in all, "
+                    f"{results.get('train_samples_per_second', 0):.0f} samples/s, loss {loss:.3f}, "
+                    f"{metric} {results.get(metric, float('nan')):.3g}",
+                    math.isfinite(loss) and (trained_bf16 == expected or device.type == "cpu"),
+                    "not the expected precision" if math.isfinite(loss) else "loss is not finite")
 
 
 def seq2seq_train_flops(size: str, batch: int, src_len: int, tgt_len: int, vocab: int) -> float:

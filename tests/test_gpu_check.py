@@ -65,10 +65,13 @@ def test_training_command_per_device(gpu_check, tmp_path):
     assert cpu[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in cpu
     assert cpu[cpu.index("--mixed_precision") + 1] == "no" and cpu[cpu.index("--bf16") + 1] == "False"
     assert cpu[cpu.index("--max_steps") + 1] == "2" and cpu[cpu.index("--model_size") + 1] == "tiny"
-    gpu = gpu_check.training_command("image-classification", tmp_path, torch.device("cuda"), smoke=False)
+    gpu = gpu_check.training_command("translation", tmp_path, torch.device("cuda"), smoke=False)
     assert "--cpu" not in gpu and "--model_size" not in gpu  # the default preset
     assert gpu[gpu.index("--mixed_precision") + 1] == "bf16" and gpu[gpu.index("--bf16") + 1] == "True"
-    assert gpu[gpu.index("--task") + 1] == "image-classification" and gpu[gpu.index("--max_steps") + 1] == "300"
+    assert gpu[gpu.index("--max_steps") + 1] == "300"
+    chosen = gpu_check.training_command("image-classification", tmp_path, torch.device("cuda"), False, "default")
+    assert "--bf16" not in chosen and chosen[chosen.index("--mixed_precision") + 1] == "no"  # the script decides
+    assert chosen[chosen.index("--task") + 1] == "image-classification"
 
 
 def test_flop_counts(gpu_check):
