@@ -14,6 +14,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import scratchformers as sf
 from scratchformers import cpu_weight_layout, fast_decoding
+from scratchformers.compat import cache_of
 from scratchformers.cpu_weight_layout import EncoderLinears, WeightLayouts, linear_product
 from scratchformers.fast_decoding import FastDecoder, unsupported_reason
 from scratchformers.modeling_transformer import ScratchTransformerDecoder
@@ -330,3 +331,89 @@ def test_a_decoder_only_model_decodes_fast_to_the_reference_tokens_on_left_paddi
                            attention_mask=attention_mask, max_new_tokens=8, min_new_tokens=8, **mode)
     assert counter.calls > 0
     assert torch.equal(reference, fast)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Every search on a padded batch: sequences, scores, raw logits and the returned cache
+# --------------------------------------------------------------------------------------------------------------
+def decode(model, implementation: str, seed: int = 0, **kwargs):
+    twin = copy.deepcopy(model)
+    twin.config.forward_implementation = implementation
+    torch.manual_seed(seed)
+    return twin.generate(return_dict_in_generate=True, output_scores=True, output_logits=True, **kwargs)
+
+
+SEARCHES = {
+    "greedy": dict(num_beams=1, do_sample=False),
+    "beam4": dict(num_beams=4, do_sample=False),
+    "beam4-3-returned": dict(num_beams=4, do_sample=False, num_return_sequences=3, length_penalty=0.7),
+    "sampling": dict(do_sample=True, top_k=8, temperature=0.9, num_return_sequences=2),
+    "beam-sampling": dict(num_beams=3, do_sample=True, top_k=8),
+    "diverse-groups": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False),
+    "constrained": dict(num_beams=4, force_words_ids=[[7, 8]], do_sample=False),
+}
+
+
+@pytest.mark.parametrize("min_new_tokens", [None, 5])
+@pytest.mark.parametrize("search", SEARCHES.values(), ids=SEARCHES)
+def test_fast_generate_equals_the_reference(search, min_new_tokens, monkeypatch):
+    """Every search, on a padded batch, with and without the min-length processors the fast loop runs in place: the
+    same sequences, scores and raw logits, over the fast step."""
+    counter = StepCounter(monkeypatch)
+    kwargs = dict(**sources(), max_new_tokens=7, min_new_tokens=min_new_tokens, eos_token_id=2, **search)
+    reference, fast = decode(tiny(), "reference", **kwargs), decode(tiny(), "fast", **kwargs)
+    assert counter.calls > 0
+    assert torch.equal(fast.sequences, reference.sequences)
+    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(reference.scores), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(fast.logits), torch.stack(reference.logits), atol=1e-5, rtol=0)
+    if "sequences_scores" in fast:
+        torch.testing.assert_close(fast.sequences_scores, reference.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_fast_generate_with_a_custom_logits_processor_equals_the_reference():
+    class BanOddTokens(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(-1, torch.arange(1, scores.shape[-1], 2), -float("inf"))
+
+    kwargs = dict(**sources(), max_new_tokens=6, min_new_tokens=3, num_beams=4,
+                  logits_processor=LogitsProcessorList([BanOddTokens()]))
+    reference, fast = decode(tiny(), "reference", **kwargs), decode(tiny(), "fast", **kwargs)
+    assert torch.equal(fast.sequences, reference.sequences)
+    assert (fast.sequences[:, 1:] % 2 == 0).all()
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_a_users_next_step_from_the_cache_of_fast_generate_equals_the_reference(num_beams):
+    """The returned cache continues decoding: one more step from the fast step's cache (``FastDecoder.to_cache``)
+    gives the logits and cache length of one more step from the reference's (beams: after every reordering)."""
+    model, inputs = tiny(), sources()
+    kwargs = dict(**inputs, max_new_tokens=4, num_beams=num_beams, num_return_sequences=num_beams)
+    states = model.get_encoder()(**inputs).last_hidden_state.repeat_interleave(num_beams, 0)
+    steps = {}
+    for implementation in ("reference", "fast"):
+        out = decode(model, implementation, **kwargs)
+        with torch.no_grad():
+            step = model(encoder_outputs=(states,), attention_mask=inputs["attention_mask"].repeat_interleave(num_beams, 0),
+                         decoder_input_ids=out.sequences[:, -1:], cache=cache_of(out))
+        steps[implementation] = (out.sequences, step.logits, cache_of(step).get_seq_length())
+    assert torch.equal(steps["fast"][0], steps["reference"][0])
+    torch.testing.assert_close(steps["fast"][1], steps["reference"][1], atol=1e-5, rtol=0)
+    assert steps["fast"][2] == steps["reference"][2]
+
+
+def test_decoding_copies_do_not_outlive_generate_across_fused_optimizer_steps():
+    """fused AdamW writes the parameters without bumping their version: a copy kept across calls would be stale."""
+    model = tiny(forward_implementation="fast")
+    x, labels = torch.randint(3, 16, (4, 6)), torch.randint(3, 16, (4, 5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model.generate(input_ids=x, max_new_tokens=5, num_beams=2)
+    model.generate(input_ids=x, max_new_tokens=5, do_sample=True)
+    for _ in range(3):
+        model.train()
+        model(input_ids=x, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    for kwargs in (dict(num_beams=2), dict(num_beams=1), dict(do_sample=True, top_k=4)):
+        reference, fast = both(model, input_ids=x, max_new_tokens=5, **kwargs)
+        assert torch.equal(fast, reference)

@@ -4,7 +4,6 @@ and evaluation, with and without autocast — and the switch (``config.forward_i
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from torch import nn
 
 import scratchformers as sf
 from scratchformers import layers, rewrites
-from scratchformers.compat import cache_of
 from scratchformers.layers import AddNorm
 
 from conftest import tiny_transformer_config
@@ -274,34 +272,8 @@ def test_the_classifier_runs_the_last_layer_for_cls_alone_with_the_rewrites():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Decoding: the exact logits processors, and fast generate against the reference
+# Decoding: the exact logits processors (fast generate against the reference: test_fast_decoding.py)
 # --------------------------------------------------------------------------------------------------------------
-def test_decoding_copies_do_not_outlive_generate_across_fused_optimizer_steps():
-    """fused AdamW writes the parameters without bumping their version: a copy kept across calls would be stale."""
-    model = make_model(init_std=0.3)
-    model.config.forward_implementation = "fast"
-    x, labels = torch.randint(3, 16, (4, 6)), torch.randint(3, 16, (4, 5))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    model.generate(input_ids=x, max_new_tokens=5, num_beams=2)
-    model.generate(input_ids=x, max_new_tokens=5, do_sample=True)
-    for _ in range(3):
-        model.train()
-        model(input_ids=x, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    reference = copy.deepcopy(model)
-    reference.config.forward_implementation = "reference"
-    with torch.no_grad():
-        assert model(input_ids=x, labels=labels).loss.item() == pytest.approx(
-            reference(input_ids=x, labels=labels).loss.item(), abs=1e-6)
-    for kwargs in (dict(num_beams=2), dict(num_beams=1), dict(do_sample=True, top_k=4)):
-        torch.manual_seed(0)
-        fast = model.generate(input_ids=x, max_new_tokens=5, **kwargs)
-        torch.manual_seed(0)
-        assert torch.equal(fast, reference.generate(input_ids=x, max_new_tokens=5, **kwargs))
-
-
 @pytest.mark.parametrize("eos", [[2], [2, 7, 2], [2, 99, -1]], ids=["one", "several", "outside-the-vocabulary"])
 @pytest.mark.parametrize("length", [3, 6], ids=["too-short", "long-enough"])
 def test_exact_min_length_processors_equal_transformers(eos, length):
@@ -331,90 +303,3 @@ def test_exact_logits_processors_leave_other_processors_alone():
 
     mine, temperature = MyMinLength(3, [2]), TemperatureLogitsWarper(0.5)
     assert rewrites.exact_logits_processors([mine, temperature]) == [mine, temperature]
-
-
-def decode(model, implementation: str, seed: int = 0, **kwargs):
-    with forward_implementation(model, implementation), torch.no_grad():
-        torch.manual_seed(seed)
-        return model.generate(return_dict_in_generate=True, output_scores=True, output_logits=True, **kwargs)
-
-
-SEARCHES = {
-    "greedy": dict(num_beams=1, do_sample=False),
-    "beam4": dict(num_beams=4, do_sample=False),
-    "beam4-3-returned": dict(num_beams=4, do_sample=False, num_return_sequences=3, length_penalty=0.7),
-    "sampling": dict(do_sample=True, top_k=8, temperature=0.9, num_return_sequences=2),
-    "diverse-groups": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False),
-    "constrained": dict(num_beams=4, force_words_ids=[[7, 8]], do_sample=False),
-}
-
-
-@pytest.mark.parametrize("min_new_tokens", [None, 5])
-@pytest.mark.parametrize("search", SEARCHES.values(), ids=SEARCHES)
-def test_fast_generate_equals_the_reference(padded_batch, search, min_new_tokens):
-    """Every search, on a padded batch, with and without the min-length processors the rewrite replaces: the same
-    sequences, the same scores (float rounding of the shared encoder rows aside) and the same raw logits."""
-    model = make_model()
-    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
-                  max_new_tokens=7, min_new_tokens=min_new_tokens, eos_token_id=2, **search)
-    reference, fast = decode(model, "reference", **kwargs), decode(model, "fast", **kwargs)
-    assert torch.equal(fast.sequences, reference.sequences)
-    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(reference.scores), atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.stack(fast.logits), torch.stack(reference.logits), atol=1e-5, rtol=0)
-    if "sequences_scores" in fast:
-        torch.testing.assert_close(fast.sequences_scores, reference.sequences_scores, atol=1e-5, rtol=0)
-
-
-def test_fast_generate_with_a_custom_logits_processor_equals_the_reference(padded_batch):
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class BanOddTokens(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            return scores.index_fill(-1, torch.arange(1, scores.shape[-1], 2), -float("inf"))
-
-    model = make_model()
-    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
-                  max_new_tokens=6, min_new_tokens=3, num_beams=4,
-                  logits_processor=LogitsProcessorList([BanOddTokens()]))
-    reference, fast = decode(model, "reference", **kwargs), decode(model, "fast", **kwargs)
-    assert torch.equal(fast.sequences, reference.sequences)
-    assert (fast.sequences[:, 1:] % 2 == 0).all()
-
-
-def test_the_cache_returned_by_fast_generate_continues_like_the_reference(padded_batch):
-    """A user's next step with the returned ``past_key_values``: same logits, same cache length."""
-    model = make_model()
-    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
-                  max_new_tokens=5, min_new_tokens=5)
-    steps = {}
-    for implementation in ("reference", "fast"):
-        out = decode(model, implementation, **kwargs)
-        cache = cache_of(out)
-        with forward_implementation(model, implementation), torch.no_grad():
-            step = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"],
-                         decoder_input_ids=out.sequences[:, -1:], cache=cache)
-        steps[implementation] = (step.logits, cache_of(step).get_seq_length())
-    torch.testing.assert_close(steps["fast"][0], steps["reference"][0], atol=1e-5, rtol=0)
-    assert steps["fast"][1] == steps["reference"][1]
-
-
-@pytest.mark.parametrize("num_beams", [1, 4])
-def test_a_users_next_step_from_the_cache_of_fast_generate_equals_the_reference(padded_batch, num_beams):
-    """The returned cache (``past_key_values``) continues decoding: one more step from the fast path's cache gives
-    the logits of one more step from the reference's (beams: after every reordering of the search)."""
-    model = make_model()
-    mask = padded_batch["attention_mask"]
-    kwargs = dict(input_ids=padded_batch["input_ids"], attention_mask=mask, max_new_tokens=4, num_beams=num_beams,
-                  num_return_sequences=num_beams)
-    encoder_output = model.get_encoder()(input_ids=padded_batch["input_ids"], attention_mask=mask).last_hidden_state
-    steps = {}
-    for implementation in ("reference", "fast"):
-        out = decode(model, implementation, **kwargs)
-        states = encoder_output.repeat_interleave(num_beams, 0)
-        with forward_implementation(model, implementation), torch.no_grad():
-            step = model(encoder_outputs=(states,), attention_mask=mask.repeat_interleave(num_beams, 0),
-                         decoder_input_ids=out.sequences[:, -1:], cache=cache_of(out))
-        steps[implementation] = (out.sequences, step.logits, cache_of(step).get_seq_length())
-    assert torch.equal(steps["fast"][0], steps["reference"][0])
-    torch.testing.assert_close(steps["fast"][1], steps["reference"][1], atol=1e-5, rtol=0)
-    assert steps["fast"][2] == steps["reference"][2]
