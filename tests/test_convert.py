@@ -123,10 +123,12 @@ GENERATE_SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("forward_implementation", ["reference", "fast"])
 @pytest.mark.parametrize("settings", GENERATE_SETTINGS.values(), ids=GENERATE_SETTINGS.keys())
-def test_generate_matches_gpt2(settings):
+def test_generate_matches_gpt2(settings, forward_implementation):
     gpt2 = make_gpt2()
     ours = gpt2_to_scratch(gpt2)
+    ours.config.forward_implementation = forward_implementation
     input_ids, attention_mask = gpt2_batch()
     kwargs = dict(attention_mask=attention_mask, pad_token_id=GPT2_EOS, **{"max_new_tokens": 10, **settings})
     torch.manual_seed(7)

@@ -18,7 +18,7 @@ from scratchformers.modeling_causal_lm import ScratchTransformerForCausalLM, Scr
 from scratchformers.quantization import Int8Linear
 
 from _generation_utils import contains
-from conftest import run_without_package
+from conftest import enable_activation_checkpointing, run_without_package
 from test_generation import transformers_beam_search
 from translation_fixtures import corpus
 
@@ -182,10 +182,55 @@ def test_labels_of_another_shape_are_refused_with_the_fix():
         model(input_ids, labels=input_ids[:, 1:])
 
 
-def test_a_prompt_longer_than_the_position_table_is_refused():
-    model = make_lm(max_position_embeddings=8)
-    with pytest.raises(ValueError, match="exceeds max_position_embeddings=8"):
-        model(torch.full((1, 9), 5))
+BAD_INPUTS = {
+    "token_past_the_vocabulary": (dict(input_ids=torch.tensor([[5, 40]])), r"input_ids contain token ids outside \[0, 40\)"),
+    "prompt_past_the_position_table": (dict(input_ids=torch.full((1, 65), 5)), "exceeds max_position_embeddings=64"),
+    "positions_past_the_table": (dict(input_ids=torch.tensor([[5, 6]]), position_ids=torch.tensor([[0, 64]])),
+                                 "exceeds max_position_embeddings=64"),
+    "mask_of_another_length": (dict(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 1]])),
+                               "attention_mask covers 2 positions but there are 3 keys"),
+    "ids_and_embeddings": (dict(input_ids=torch.tensor([[5]]), inputs_embeds=torch.zeros(1, 1, 32)),
+                           "Pass exactly one of input_ids or inputs_embeds"),
+}
+
+
+@pytest.mark.parametrize("inputs, message", BAD_INPUTS.values(), ids=BAD_INPUTS)
+def test_bad_inputs_give_clear_errors(inputs, message):
+    with pytest.raises(ValueError, match=message):
+        make_lm()(**inputs)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    input_ids = left_padded_batch()["input_ids"]
+    grads = []
+    for checkpointing in (False, True):
+        model = make_lm().train()
+        if checkpointing:
+            enable_activation_checkpointing(model)
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        model(input_ids, labels=input_ids).loss.backward()
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_generate_from_inputs_embeds_continues_as_from_input_ids():
+    model = make_lm()
+    batch = left_padded_batch()
+    settings = dict(max_new_tokens=5, min_new_tokens=5, pad_token_id=PAD)
+    from_ids = model.generate(**batch, **settings)[:, 8:]
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    assert torch.equal(model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **settings), from_ids)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_and_untied_heads_round_trip(tmp_path, tie):
+    model = make_lm(tie_word_embeddings=tie)
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == tie
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert (loaded.lm_head.weight is loaded.get_input_embeddings().weight) == tie
+    input_ids = left_padded_batch()["input_ids"]
+    torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, atol=0, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
