@@ -119,3 +119,59 @@ def test_bigram_interpolation_is_chosen_on_validation_and_beats_unigram_on_patte
     assert results["test_bigram_perplexity"] < 1.5 < results["test_unigram_perplexity"]
     assert set(results) == {"bigram_interpolation", "eval_unigram_perplexity", "eval_bigram_perplexity",
                             "test_unigram_perplexity", "test_bigram_perplexity"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The script, tiny
+# --------------------------------------------------------------------------------------------------------------
+def lm_args(train_file, output_dir, cache_dir, *extra: str) -> list[str]:
+    return [
+        "--task", "text-generation", "--train_file", str(train_file), "--output_dir", str(output_dir),
+        "--cache_dir", str(cache_dir), "--model_size", "tiny", "--vocab_size", "300", "--block_size", "16",
+        "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--disable_tqdm", "True",
+        "--num_samples", "2", "--bf16", "False", *extra,
+    ]
+
+
+def test_text_generation_run_reports_perplexity_beside_the_baselines_and_samples(tmp_path, capsys):
+    import run
+
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(PARAGRAPHS * 3) + "\n")
+    out = tmp_path / "lm"
+    results = run.main(lm_args(path, out, tmp_path / "cache"))
+    # Perplexity is exp of the plain held-out NLL (the Trainer's eval_loss), beside the baselines on the same blocks.
+    for prefix in ("eval", "test"):
+        assert results[f"{prefix}_perplexity"] == pytest.approx(math.exp(results[f"{prefix}_loss"]), rel=1e-6)
+        assert results[f"{prefix}_bigram_perplexity"] > 1 and results[f"{prefix}_unigram_perplexity"] > 1
+    saved = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_curves.png",
+            "baseline_results.json", "test_results.json"} <= saved
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "scratch_transformer_lm" and config["auto_map"]
+    assert json.loads((out / "all_results.json").read_text())["test_bigram_perplexity"] == pytest.approx(
+        results["test_bigram_perplexity"])
+    card = (out / "README.md").read_text()
+    assert "bigram baseline perplexity" in card and "Sample continuations of test passages" in card
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "baselines on the same tokens: bigram" in printed
+    assert printed.count("  prompt:    ") == 2
+    # The evaluation covers every block: (blocks) x (block_size - 1) predicted tokens each, exactly.
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.use_cache and model.generation_config.do_sample
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--block_size", "1"), "--block_size 1: a block needs at least 2 tokens"),
+    (("--block_size", "4096"), "fewer than --block_size 4096 tokens"),
+    (("--random_rotation", "5"), "--random_rotation augment training images; --task text-generation has none"),
+])
+def test_text_generation_bad_input_is_one_line(tmp_path, extra, message):
+    import run
+
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(PARAGRAPHS) + "\n")
+    with pytest.raises(SystemExit, match=message):
+        run.main(lm_args(path, tmp_path / "lm", tmp_path / "cache", *extra))

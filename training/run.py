@@ -100,6 +100,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from image_task import prepare_image_classification
+from lm_task import prepare_text_generation
 from model_card import CARD_TEMPLATE
 from output_dir import check_output_dir, same_directory, skip_finished_training
 from pictures import draw_pictures
@@ -133,6 +134,10 @@ TASKS: dict[str, Task] = {
         training_args_class=TrainingArguments, prepare=prepare_image_classification,
         model_type="scratch_vit", model_kind="ViT", required_config_keys=("auto_map",),
     ),
+    "text-generation": Task(
+        training_args_class=TrainingArguments, prepare=prepare_text_generation,
+        model_type="scratch_transformer_lm", model_kind="language model", required_config_keys=("auto_map",),
+    ),
 }
 
 
@@ -153,6 +158,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not _has_accelerator(),
     ddp_timeout=600,  # seconds a process waits for the others (transformers: 1800) before the run fails
 )
+LM_STEPS = 1500  # the default text-generation run: about 12 minutes on a 2-core CPU (training/RECIPES.md)
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(
         COMMON_DEFAULTS, output_dir="outputs/translation", max_steps=2500, eval_steps=500, save_steps=500,
@@ -165,6 +171,13 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         logging_steps=50, per_device_train_batch_size=64, per_device_eval_batch_size=128, learning_rate=2e-3,
         metric_for_best_model="accuracy", remove_unused_columns=False, label_smoothing_factor=0.1,
         random_rotation=10.0, random_translate=0.1, random_scale=0.1,
+    ),
+    # The recipe: training/RECIPES.md (text generation); prediction_loss_only: evaluation keeps no [N, T, V] logits.
+    "text-generation": dict(
+        COMMON_DEFAULTS, output_dir="outputs/text-generation", max_steps=LM_STEPS, eval_steps=LM_STEPS // 4,
+        save_steps=LM_STEPS // 4, logging_steps=50, per_device_train_batch_size=32, per_device_eval_batch_size=32,
+        learning_rate=2e-3, weight_decay=0.1, label_smoothing_factor=0.0, metric_for_best_model="perplexity",
+        greater_is_better=False, prediction_loss_only=True, vocab_size=4000,
     ),
 }
 
@@ -218,18 +231,23 @@ class DataTrainingArguments:
     dataset_name: Optional[str] = field(
         default=None,
         metadata={"help": "An embedded corpus (" + ", ".join(sorted(EMBEDDED_DATASETS)) + ") or a hub dataset id. "
-                  "Default: embedded:bible (translation), embedded:mnist-5k (images)."},
+                  "Default: embedded:bible (translation; English text for text-generation), embedded:mnist-5k (images)."},
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
     source_lang: Optional[str] = field(default=None, metadata={"help": "Source language id (e.g. en)."})
     target_lang: Optional[str] = field(default=None, metadata={"help": "Target language id (e.g. de)."})
     train_file: Optional[str] = field(
-        default=None, metadata={"help": "jsonl/json/csv/tsv with source/target columns, or an image folder."}
+        default=None, metadata={"help": "jsonl/json/csv/tsv with source/target columns, or an image folder; "
+                                "text-generation: .txt, or jsonl/json/csv/tsv with a --text_column."}
     )
     validation_file: Optional[str] = field(default=None, metadata={"help": "Like --train_file, for validation."})
     test_file: Optional[str] = field(default=None, metadata={"help": "Like --train_file, for the final test."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
+    text_column: str = field(default="text", metadata={"help": "Text generation: the column holding the text."})
+    block_size: int = field(
+        default=128, metadata={"help": "Text generation: tokens per training block (the text is packed into blocks)."}
+    )
     max_source_length: int = field(default=128, metadata={"help": "Source tokens kept per example (truncation)."})
     max_target_length: int = field(default=128, metadata={"help": "Target tokens kept per example (truncation)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use at most this many training examples."})
