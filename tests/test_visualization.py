@@ -241,14 +241,18 @@ def test_exhaustive_best_finds_the_notes_036_over_greedys_020():
 
 
 def sequence_probabilities(model, input_ids, length: int, excluded: list[int]) -> dict[tuple, float]:
-    """Independent oracle: the probability of every sequence of ``length`` tokens (not ``excluded``), enumerated."""
-    start = model.config.decoder_start_token_id
+    """Independent oracle: the probability of every sequence of ``length`` tokens (not ``excluded``), enumerated;
+    after the source (seq2seq: the decoder reads ``<start> + sequence``) or the prompt (causal LM)."""
     sequences = {(): 1.0}
     for _ in range(length):
         prefixes = list(sequences)
-        decoder = torch.tensor([[start, *prefix] for prefix in prefixes])
         with torch.no_grad():
-            logits = model(input_ids=input_ids.expand(len(prefixes), -1), decoder_input_ids=decoder).logits[:, -1]
+            if model.config.is_encoder_decoder:
+                decoder = torch.tensor([[model.config.decoder_start_token_id, *prefix] for prefix in prefixes])
+                logits = model(input_ids=input_ids.expand(len(prefixes), -1), decoder_input_ids=decoder).logits
+            else:
+                logits = model(input_ids=torch.tensor([[*input_ids[0].tolist(), *p] for p in prefixes])).logits
+            logits = logits[:, -1]
         probabilities = torch.softmax(logits, -1).double()
         sequences = {(*prefix, token): sequences[prefix] * float(probabilities[i, token])
                      for i, prefix in enumerate(prefixes) for token in range(logits.shape[-1]) if token not in excluded}
@@ -311,3 +315,36 @@ def test_beam_search_tree_bad_arguments_are_named(model_and_tokenizer):
         sf.plot_beam_search(model, tokenizer, SOURCES[0], num_beams=0)
     with pytest.raises(ValueError, match="max_prefixes=5"):
         sf.plot_beam_search(model, tokenizer, SOURCES[0], max_prefixes=5)
+
+
+def tiny_causal_lm(tokenizer) -> "sf.ScratchTransformerForCausalLM":
+    from scratchformers.configuration_causal_lm import ScratchTransformerLMConfig
+    from scratchformers.modeling_causal_lm import ScratchTransformerForCausalLM
+
+    torch.manual_seed(0)
+    config = ScratchTransformerLMConfig(
+        vocab_size=len(tokenizer), d_model=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+        max_position_embeddings=32, dropout=0.0, attention_dropout=0.0, init_std=0.2,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return ScratchTransformerForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("prompt", SOURCES[:2])
+def test_beam_search_tree_of_a_causal_lm_agrees_with_generate_and_every_sequence(model_and_tokenizer, prompt, tmp_path):
+    _, tokenizer = model_and_tokenizer
+    model = tiny_causal_lm(tokenizer)
+    excluded = [model.config.eos_token_id, model.config.pad_token_id]
+    result = sf.plot_beam_search(model, tokenizer, prompt, num_beams=2, max_new_tokens=2, path=tmp_path / "lm.png")
+    assert_png(tmp_path / "lm.png", result)
+    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]  # no </s> after a prompt
+    every = sequence_probabilities(model, input_ids, 2, excluded)
+    best = max(every, key=every.get)
+    assert result.best == best and result.best_probability == pytest.approx(every[best], rel=1e-5)
+    prompt_length = input_ids.shape[1]
+    generated = model.generate(input_ids, max_new_tokens=2, num_beams=2, length_penalty=0.0, suppress_tokens=excluded,
+                               early_stopping=True)
+    greedy = model.generate(input_ids, max_new_tokens=2, num_beams=1, do_sample=False, suppress_tokens=excluded)
+    assert result.beam == tuple(generated[0, prompt_length:].tolist())
+    assert result.greedy == tuple(greedy[0, prompt_length:].tolist())
+    assert result.beam_probability == pytest.approx(every[result.beam], rel=1e-5)

@@ -374,8 +374,9 @@ class NextTokenProbabilities:
     def __init__(self, model, tokenizer, text: str, batch_size: int = 256):
         self.model, self.batch_size = model, batch_size
         device = next(model.parameters()).device
-        encoded = tokenizer(text, return_tensors="pt").to(device)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        # A prompt is continued, so no end-of-text token is appended to it (as in pipeline("text-generation")).
+        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=self.encoder_decoder).to(device)
         if self.encoder_decoder:
             self.source = encoded
             self.start = torch.tensor([[model.config.decoder_start_token_id]], device=device)
