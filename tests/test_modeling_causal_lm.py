@@ -213,6 +213,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_a_static_cache_generates_what_the_dynamic_cache_generates(attn_implementation):
+    model = make_lm(attn_implementation)
+    batch = left_padded_batch()
+    settings = dict(max_new_tokens=6, min_new_tokens=6, pad_token_id=PAD)
+    expected = model.generate(**batch, **settings)
+    assert torch.equal(model.generate(**batch, cache_implementation="static", **settings), expected)
+
+
 def test_generate_from_inputs_embeds_continues_as_from_input_ids():
     model = make_lm()
     batch = left_padded_batch()
