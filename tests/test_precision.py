@@ -229,6 +229,15 @@ def test_the_run_trains_in_what_measured_faster_and_says_so(monkeypatch, caplog,
     assert message.startswith("bf16: " if chosen else "fp32: ") and f"fp32 {fp32:.3f} s, bf16 {bf16:.3f} s" in message
 
 
+def test_with_batches_grouped_by_length_the_measured_batch_has_the_middle_lengths():
+    choice = load_precision_choice()
+    rows, collate = tiny_training_data()  # lengths 3, 5, 6, 4, 7, 2, 5, 6
+    assert choice.probe_batch(rows, collate, 4)["input_ids"].shape == (4, 7)  # rows 0, 2, 4, 6: padded to 7
+    grouped = choice.probe_batch(rows, collate, 4, by_length=True)  # sorted 2 3 4 5 5 6 6 7: the middle four
+    assert grouped["input_ids"].shape == (4, 6) and (grouped["input_ids"] != 0).sum(-1).tolist() == [4, 5, 5, 6]
+    assert choice.probe_batch(rows, collate, 20, by_length=True)["input_ids"].shape == (8, 7)  # a small set: all
+
+
 def test_a_given_precision_or_a_run_without_training_measures_nothing(monkeypatch):
     choice = load_precision_choice()
     calls = fake_timings(monkeypatch, 0.3, 0.1)

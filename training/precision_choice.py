@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # The TrainingArguments attribute holding an automatic choice, ``(bf16 or None: to measure, reason)``; absent
 # when --bf16 / --fp16 (or accelerate's --mixed_precision) chose.
 ATTRIBUTE = "automatic_precision"
+# With batches grouped by length, the measured batch is the middle-length one of this many batches' worth of examples.
+LENGTH_SAMPLE = 8
 
 
 def automatic_precision(device_type: str, explicit: set[str]) -> Optional[tuple[Optional[bool], str]]:
@@ -55,12 +57,20 @@ def log_precision(training_args) -> None:
         logger.info(f"{'bf16' if training_args.bf16 else 'fp32'}: --bf16 {training_args.bf16} was given (not measured)")
 
 
-def probe_batch(train_dataset, data_collator: Callable[[list], dict], batch_size: int) -> dict[str, Any]:
-    """One batch of ``batch_size`` training examples spread evenly over the set, as the run's collator makes it."""
+def probe_batch(train_dataset, data_collator: Callable[[list], dict], batch_size: int,
+                by_length: bool = False) -> dict[str, Any]:
+    """One batch of ``batch_size`` training examples, as the run's collator makes it: examples spread evenly over
+    the set, or with ``by_length`` (``--train_sampling_strategy group_by_length``, whose batches hold examples of
+    similar lengths) the examples of middle length among ``LENGTH_SAMPLE`` times as many spread evenly."""
     size = len(train_dataset)
     count = min(batch_size, size)
-    indices = [index * size // count for index in range(count)]
-    return data_collator([train_dataset[index] for index in indices])
+    if not by_length:
+        return data_collator([train_dataset[index * size // count] for index in range(count)])
+    candidates = min(size, LENGTH_SAMPLE * count)
+    examples = sorted((train_dataset[index * size // candidates] for index in range(candidates)),
+                      key=lambda example: len(example["input_ids"]))
+    middle = (candidates - count) // 2
+    return data_collator(examples[middle : middle + count])
 
 
 def processes_agree(choice: bool) -> bool:
@@ -82,7 +92,8 @@ def settle_precision(model: torch.nn.Module, training_args, train_dataset, data_
         setattr(training_args, ATTRIBUTE, (False, "no training to measure: fp32"))
         return
     with preserved_rng():  # the image task's augmentation draws random numbers
-        batch = probe_batch(train_dataset, data_collator, training_args.per_device_train_batch_size)
+        by_length = getattr(training_args, "train_sampling_strategy", None) == "group_by_length"
+        batch = probe_batch(train_dataset, data_collator, training_args.per_device_train_batch_size, by_length)
     device = next(model.parameters()).device
     batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
     probe = measure_bf16_speedup(model, batch)

@@ -172,10 +172,11 @@ def time_training_pass(model: torch.nn.Module, batch: Mapping[str, Any], bf16: b
     return clock() - start
 
 
-def measure_bf16_speedup(model: torch.nn.Module, batch: Mapping[str, Any], passes: int = 3,
-                         warmup: int = 1) -> Bf16Probe:
+def measure_bf16_speedup(model: torch.nn.Module, batch: Mapping[str, Any], passes: int = 5, warmup: int = 1,
+                         clock: Callable[[], float] = time.perf_counter) -> Bf16Probe:
     """Time ``passes`` forward/backward passes of ``model`` on ``batch`` in fp32 and in bf16 autocast, alternating
     (so that a neighbour's load falls on both), after ``warmup`` untimed passes of each; the best pass counts.
+    ``clock``: wall time by default (what training takes); ``time.process_time`` for benchmarks on a shared CPU.
 
     ``model`` itself is left as it was: a deep copy is timed (no optimizer step, its gradients dropped), and the
     random number generators (dropout draws) are restored, so a run trains the same whether it measured or not."""
@@ -186,7 +187,7 @@ def measure_bf16_speedup(model: torch.nn.Module, batch: Mapping[str, Any], passe
         probe_model = copy.deepcopy(model).train()
         for index in range(warmup + passes):
             for bf16 in (False, True):
-                seconds = time_training_pass(probe_model, batch, bf16)
+                seconds = time_training_pass(probe_model, batch, bf16, clock)
                 if index >= warmup:
                     times[bf16].append(seconds)
         del probe_model
