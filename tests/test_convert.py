@@ -1,10 +1,13 @@
-"""Agreement with an independent implementation: a random MarianMTModel ported into our code."""
+"""Agreement with independent implementations: a random MarianMTModel and a random GPT2LMHeadModel ported into
+our code (logits, and every generate() mode with the reference and the fast decoding)."""
 
 import pytest
 import torch
 from transformers import MarianConfig, MarianMTModel
 
 from scratchformers.convert import gpt2_config_to_scratch, gpt2_to_scratch, marian_config_to_scratch, marian_to_scratch
+
+from test_fast_decoding import StepCounter
 
 
 def make_marian(attn_implementation: str = "eager") -> MarianMTModel:
@@ -125,16 +128,18 @@ GENERATE_SETTINGS = {
 
 @pytest.mark.parametrize("forward_implementation", ["reference", "fast"])
 @pytest.mark.parametrize("settings", GENERATE_SETTINGS.values(), ids=GENERATE_SETTINGS.keys())
-def test_generate_matches_gpt2(settings, forward_implementation):
+def test_generate_matches_gpt2(settings, forward_implementation, monkeypatch):
     gpt2 = make_gpt2()
     ours = gpt2_to_scratch(gpt2)
     ours.config.forward_implementation = forward_implementation
+    counter = StepCounter(monkeypatch)
     input_ids, attention_mask = gpt2_batch()
     kwargs = dict(attention_mask=attention_mask, pad_token_id=GPT2_EOS, **{"max_new_tokens": 10, **settings})
     torch.manual_seed(7)
     expected = gpt2.generate(input_ids, **kwargs)
     torch.manual_seed(7)
     assert torch.equal(ours.generate(input_ids, **kwargs), expected)
+    assert (counter.calls > 0) == (forward_implementation == "fast")  # the fast path ran: FastDecoder's steps
 
 
 def test_gpt2_port_carries_the_architecture():
