@@ -19,6 +19,7 @@ from scratchformers.quantization import Int8Linear
 
 from _generation_utils import contains
 from conftest import enable_activation_checkpointing, run_without_package
+from test_fast_decoding import StepCounter
 from test_generation import transformers_beam_search
 from translation_fixtures import corpus
 
@@ -270,6 +271,18 @@ def test_constrained_beams_contain_the_phrase_and_diverse_groups_start_different
     for row in range(3):
         firsts = set(diverse[4 * row:4 * row + 4].tolist())
         assert len(firsts) >= 2 and len(firsts) >= len(set(plain_first[4 * row:4 * row + 4].tolist()))
+
+
+
+@pytest.mark.parametrize("mode", [dict(force_words_ids=[[7, 8]]), dict(num_beam_groups=2, diversity_penalty=5.0)],
+                         ids=["constrained", "diverse"])
+def test_diverse_and_constrained_beams_decode_fast_to_the_reference_tokens(mode, monkeypatch):
+    batch = left_padded_batch()
+    settings = dict(num_beams=4, num_return_sequences=4, max_new_tokens=6, pad_token_id=PAD, **mode)
+    reference = make_lm().generate(**batch, **settings)
+    counter = StepCounter(monkeypatch)
+    assert torch.equal(make_lm(forward_implementation="fast").generate(**batch, **settings), reference)
+    assert counter.calls > 0  # through FastDecoder
 
 
 # --------------------------------------------------------------------------------------------------------------
