@@ -30,7 +30,7 @@ def test_group_texts_concatenates_drops_the_remainder_and_copies_labels():
     assert blocks["attention_mask"] == [[1] * 4] * 2
     assert blocks["labels"] == blocks["input_ids"] and blocks["labels"][0] is not blocks["input_ids"][0]
     assert group_texts({"input_ids": [[1, 2]]}, block_size=3) == {"input_ids": [], "labels": []}
-    with pytest.raises(ValueError, match="block_size=1: a block needs at least 2 tokens"):
+    with pytest.raises(ValueError, match="--block_size 1: a block needs at least 2 tokens"):
         group_texts(examples, block_size=1)
 
 

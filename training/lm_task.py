@@ -16,12 +16,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, defaul
 
 from scratchformers import train_tokenizer
 from scratchformers.configuration_causal_lm import ScratchTransformerLMConfig
-from scratchformers.data import group_texts, load_text_dataset
+from scratchformers.data import check_block_size, group_texts, load_text_dataset
 from scratchformers.tokenization import check_tokenizer_matches
 
 from model_card import CARD_TASKS, CardTask
 from output_dir import resolve_resume
-from task_setup import Job, apply_config_overrides, check_architecture_flags, select_samples, trainer_datasets
+from task_setup import (
+    Job, apply_config_overrides, check_architecture_flags, refuse_image_augmentation, select_samples, trainer_datasets,
+)
 from trainer import ScratchTrainer
 
 logger = logging.getLogger(__name__)
@@ -184,13 +186,9 @@ def build_lm(model_args, block_size: int, tokenizer, resume_from: Optional[str])
 
 def prepare_text_generation(model_args, data_args, training_args, last_checkpoint) -> Job:
     """Text, tokenizer, blocks, baseline, model and trainer for language modelling; bad input raises here."""
-    augmentation = [f"--random_{name}" for name in ("rotation", "translate", "scale", "shear")
-                    if getattr(data_args, f"random_{name}")]
-    if augmentation:
-        raise ValueError(f"{', '.join(augmentation)} augment training images; --task text-generation has none.")
+    refuse_image_augmentation(data_args, "text-generation")
     block_size = data_args.block_size
-    if block_size < 2:
-        raise ValueError(f"--block_size {block_size}: a block needs at least 2 tokens (one to read, one to predict).")
+    check_block_size(block_size)
     with training_args.main_process_first(desc="loading the dataset"):
         raw = load_text_dataset(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file,
                                 data_args.validation_file, data_args.test_file, cache_dir=model_args.cache_dir,

@@ -25,6 +25,14 @@ class Job:
     final_eval_kwargs: dict = field(default_factory=dict)  # e.g. beam search for the final evaluation and test
 
 
+def refuse_image_augmentation(data_args, task: str) -> None:
+    """The ``--random_*`` flags augment training images: a text task refuses them rather than ignore them."""
+    augmentation = [f"--random_{name}" for name in ("rotation", "translate", "scale", "shear")
+                    if getattr(data_args, f"random_{name}")]
+    if augmentation:
+        raise ValueError(f"{', '.join(augmentation)} augment training images; --task {task} has none.")
+
+
 def select_samples(raw, data_args):
     """Cut the splits to ``--max_train_samples``, ``--max_eval_samples`` and ``--max_predict_samples``."""
     limits = {

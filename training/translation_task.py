@@ -18,7 +18,8 @@ from scratchformers.tokenization import check_tokenizer_matches
 
 from output_dir import resolve_resume
 from task_setup import (
-    Job, apply_config_overrides, check_architecture_flags, select_samples, trainer_datasets,
+    Job, apply_config_overrides, check_architecture_flags, refuse_image_augmentation, select_samples,
+    trainer_datasets,
 )
 from trainer import ScratchSeq2SeqTrainer
 
@@ -91,10 +92,7 @@ def build_translation_model(model_args, data_args, tokenizer, resume_from: Optio
 
 def prepare_translation(model_args, data_args, training_args, last_checkpoint) -> Job:
     """Data, tokenizer, model and trainer for translation; every bad input raises here, before training."""
-    augmentation = [f"--random_{name}" for name in ("rotation", "translate", "scale", "shear")
-                    if getattr(data_args, f"random_{name}")]
-    if augmentation:
-        raise ValueError(f"{', '.join(augmentation)} augment training images; --task translation has none.")
+    refuse_image_augmentation(data_args, "translation")
     with training_args.main_process_first(desc="loading the dataset"):
         raw, source_lang, target_lang = load_translation_dataset(
             data_args.dataset_name, data_args.dataset_config_name, data_args.source_lang, data_args.target_lang,

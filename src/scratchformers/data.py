@@ -700,13 +700,18 @@ def load_text_dataset(
     return _complete_splits(splits)
 
 
+def check_block_size(block_size: int) -> None:
+    """A block must hold a token to read and one to predict (checked before any tokenizer is trained)."""
+    if block_size < 2:
+        raise ValueError(f"--block_size {block_size}: a block needs at least 2 tokens (one to read, one to predict).")
+
+
 def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
     """Pack token lists into blocks of ``block_size`` tokens, as Hugging Face's ``run_clm.py`` does: concatenate
     each column over the examples, drop the remainder that does not fill a block, cut; ``labels`` is a copy of
     ``input_ids`` (the model shifts them). Use with ``Dataset.map(batched=True)``: each batch drops its own
     remainder, so no block spans two batches."""
-    if block_size < 2:
-        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens (one to read, one to predict).")
+    check_block_size(block_size)
     concatenated = {key: [token for example in examples[key] for token in example] for key in examples}
     total = (len(next(iter(concatenated.values()), [])) // block_size) * block_size
     blocks = {key: [values[i:i + block_size] for i in range(0, total, block_size)]
@@ -730,6 +735,7 @@ __all__ = [
     "EMBEDDED_DATASETS",
     "EmbeddedCorpus",
     "available_datasets",
+    "check_block_size",
     "dataset_license",
     "group_texts",
     "load_image_dataset",
