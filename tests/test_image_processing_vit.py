@@ -90,7 +90,7 @@ NOT_IMAGES = {  # name -> (call given the pipeline and tmp_path, error type, mes
                                _expects_an_image("dict")),
     "processor_given_five_channels": (
         lambda classify, tmp: classify.image_processor(np.zeros((5, 20, 20), dtype=np.uint8)), ValueError,
-        "channel dimension",
+        r"shape \(5, 20, 20\): neither its first nor its last axis holds 1, 3 or 4 channels",
     ),
 }
 

@@ -1,17 +1,26 @@
-"""What ``--output_dir`` holds: refuse another model's or a foreign directory, find the checkpoint to resume from
-(setting aside half-written ones), and notice a run whose training already finished."""
+"""What ``--output_dir`` holds: one live run at a time (``hold_output_dir``), refuse another model's or a foreign
+directory, find the checkpoint to resume from (setting aside half-written ones), and notice a run whose training
+already finished."""
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import socket
+import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
-import scratchformers
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here, runs are not protected from each other
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +34,100 @@ RUN_FILES = (
 # A checkpoint holds one of these (whole or sharded weights).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+# Held (flock) by the run that writes into output_dir; says which run that is. Removed when the run ends.
+LOCK_FILE = ".scratchformers-run.lock"
+
+
+class OutputDirLock:
+    """The claim of one run on its ``--output_dir``: an exclusive ``flock`` on ``LOCK_FILE``, which the kernel drops
+    when the process ends in any way (a ``kill -9`` leaves no stale lock, only a file the next run takes over); the
+    file's text names the holder for the refusal message. ``release`` removes the file, and the directory too if
+    this run created it and left it empty (a run refused for bad input writes nothing)."""
+
+    def __init__(self, output_dir: str, handle=None, created: bool = False):
+        self.output_dir, self.handle, self.created = output_dir, handle, created
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        try:
+            os.unlink(Path(self.output_dir) / LOCK_FILE)  # while still held: no other run can hold this file now
+        except OSError:
+            pass
+        self.handle.close()
+        self.handle = None
+        if self.created:
+            try:
+                os.rmdir(self.output_dir)  # only if empty
+            except OSError:
+                pass
+
+
+def not_writable(output_dir: str, error: OSError) -> ValueError:
+    """The error of an output_dir this run cannot write into (read-only file system, permissions, a file)."""
+    reason = error.strerror or type(error).__name__
+    return ValueError(f"--output_dir {output_dir} is not writable ({reason}): nothing was trained. Make it writable, "
+                      "or choose another --output_dir.")
+
+
+def lock_holder(text: str) -> str:
+    """``"pid 123 on host h, started 2026-..."`` from a lock file's text (what is known of it)."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return "a run that did not say which"
+    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+            f"{': ' + holder['command'] if holder.get('command') else ''}")
+
+
+def hold_output_dir(output_dir: str, process_index: int = 0) -> OutputDirLock:
+    """Claim ``output_dir`` for this run before anything is read or written there (the main process only).
+
+    A directory that cannot be written is refused now, not at the first save; one held by a live run (this
+    machine or another sharing the file system) is refused with a line naming that run; a lock file left by a
+    run that died (``kill -9``, power loss) is taken over with a warning."""
+    if process_index != 0:
+        return OutputDirLock(output_dir)
+    created = not os.path.exists(output_dir)
+    path = Path(output_dir) / LOCK_FILE
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        handle = open(path, "a+")
+        fd, name = tempfile.mkstemp(dir=output_dir, prefix=".write-check-")  # writable, not just the lock file
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        raise not_writable(output_dir, error) from error
+    lock = OutputDirLock(output_dir, handle, created)
+    if fcntl is None:
+        logger.warning(f"Cannot lock {output_dir} on this system: nothing stops a second run from writing there.")
+        return lock
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = lock_holder(handle.read())
+        handle.close()
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            logger.warning(f"Cannot lock {output_dir} ({error.strerror}): nothing stops a second run from writing there.")
+            return OutputDirLock(output_dir)
+        raise ValueError(f"--output_dir {output_dir} is in use by another run ({holder}). Wait for it to end (or "
+                         "stop it), or choose another --output_dir.") from None
+    if not path.is_file() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+        handle.close()  # the holder removed the file between our open and our lock: claim the new one
+        return hold_output_dir(output_dir, process_index)
+    handle.seek(0)
+    earlier = handle.read()
+    if earlier.strip():
+        logger.warning(f"Taking over {output_dir}: its lock was left by {lock_holder(earlier)}, which is no longer "
+                       "running.")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                             "command": " ".join(sys.argv)}))
+    handle.flush()
+    return lock
 
 
 def check_output_dir(training_args, legacy_args, task: str, expected: str,
@@ -32,7 +135,7 @@ def check_output_dir(training_args, legacy_args, task: str, expected: str,
     """Refuse an output_dir holding another kind of model than ``expected`` (the task's ``model_type``); return the
     checkpoint to resume from, if any."""
     output_dir = training_args.output_dir
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    if not os.path.isdir(output_dir) or not set(os.listdir(output_dir)) - {LOCK_FILE}:
         return None
     configs = [Path(output_dir) / "config.json", *sorted(Path(output_dir).glob("checkpoint-*/config.json"))]
     for config_file in configs:
@@ -53,7 +156,7 @@ def check_output_dir(training_args, legacy_args, task: str, expected: str,
             if training_args.process_index == 0:
                 remove_previous_run(output_dir)
         return None
-    entries = sorted(p.name for p in Path(output_dir).iterdir())
+    entries = sorted(p.name for p in Path(output_dir).iterdir() if p.name != LOCK_FILE)
     run_entries = [name for name in entries if name.startswith("checkpoint-") or name == "runs"]
     if not run_entries and not (Path(output_dir) / "config.json").is_file():
         raise ValueError(
@@ -100,6 +203,8 @@ def check_evaluation_output_dir(output_dir: str, model_source: Optional[str], ov
 def remove_previous_run(output_dir: str) -> None:
     """--overwrite_output_dir: remove what an earlier run (of either task) wrote, so that no file of the old model
     stays beside the new one; files this script never writes are kept."""
+    import scratchformers  # here, not at the top: processes that only take the lock need nothing else
+
     module_files = {path.name for path in Path(scratchformers.__file__).parent.glob("*.py")}
     for path in Path(output_dir).iterdir():
         if path.is_dir() and (path.name.startswith("checkpoint-") or path.name == "runs"):

@@ -83,6 +83,7 @@ import argparse
 import datetime
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ import transformers
 from transformers import AutoConfig, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
 from scratchformers.data import EMBEDDED_DATASETS, DatasetError
+from scratchformers.input_checks import damaged_json_file
 
 # The sibling modules import from this folder: on sys.path already when run as a script, not when loaded by path.
 HERE = Path(__file__).resolve().parent
@@ -102,15 +104,16 @@ sys.path.insert(0, str(HERE))
 from image_task import prepare_image_classification
 from lm_task import prepare_text_generation
 from model_card import CARD_TEMPLATE
-from output_dir import check_output_dir, same_directory, skip_finished_training
+from output_dir import OutputDirLock, check_output_dir, hold_output_dir, same_directory, skip_finished_training
 from pictures import draw_pictures
 from precision_choice import ATTRIBUTE as AUTOMATIC_PRECISION, automatic_precision, log_precision
 from output_dir import CHECKPOINT_NAME, checkpoint_problem  # noqa: F401  (tests reach them as run.<name>)
 from task_setup import Job
-from trainer import ScratchSeq2SeqTrainer, train_evaluate_save  # noqa: F401  (tests reach it as run.<name>)
+from trainer import SaveError, ScratchSeq2SeqTrainer, train_evaluate_save  # noqa: F401  (tests reach it as run.<name>)
 from translation_task import prepare_translation
 
 logger = logging.getLogger(__name__)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'name' or 'owner/name'
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ def parse_args(argv: Optional[list[str]] = None):
     use_cpu = TASK_DEFAULTS[task]["use_cpu"] if given_cpu is None else str(given_cpu).lower() in ("true", "1", "yes")
     if use_cpu:
         start_cpu_process_group(given_timeout or TASK_DEFAULTS[task]["ddp_timeout"])
-    parser = HfArgumentParser(
+    parser = OneLineErrorParser(
         (ModelArguments, DataTrainingArguments, TASKS[task].training_args_class, LegacyTrainingArguments)
     )
     defaults = dict(TASK_DEFAULTS[task])
@@ -349,9 +352,17 @@ def parse_args(argv: Optional[list[str]] = None):
 
     def parse(defaults: dict[str, Any]):
         if json_file:
+            unknown = sorted(set(given) - {action.dest for action in parser._actions})
+            if unknown:
+                parser.error(f"unknown key {unknown[0]!r} in {json_file}" + parser.suggestion(unknown[0]))
             return parser.parse_dict({**defaults, **given})
         parser.set_defaults(**defaults)
-        return parser.parse_args_into_dataclasses(args=argv)
+        *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if rest:
+            flag = next((arg for arg in rest if arg.startswith("-")), rest[0]).split("=")[0]
+            what = "argument" if flag.startswith("-") else "value (is the flag before it missing?)"
+            parser.error(f"unknown {what} {flag}" + parser.suggestion(flag))
+        return parsed
 
     if "load_best_model_at_end" not in explicit and not can_load_best_model(parse({**defaults, "load_best_model_at_end": False})[2]):
         defaults["load_best_model_at_end"] = False  # our default gives way to the save/eval schedule the user chose
@@ -361,6 +372,22 @@ def parse_args(argv: Optional[list[str]] = None):
     if automatic is not None:
         setattr(training_args, AUTOMATIC_PRECISION, automatic)
     return model_args, data_args, training_args, legacy_args
+
+
+class OneLineErrorParser(HfArgumentParser):
+    """``HfArgumentParser`` whose usage errors are one line (argparse would print the usage of some 200 flags
+    first) and exit with status 2, like every command line tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"run.py: error: {message} (--help lists the flags)\n")
+
+    def suggestion(self, flag: str) -> str:
+        """``"; did you mean --num_train_epochs?"`` for a near miss of a known flag, else ``""``."""
+        import difflib
+
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        close = difflib.get_close_matches("--" + flag.lstrip("-"), known, n=1)
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 def start_cpu_process_group(timeout_seconds: int) -> None:
@@ -388,13 +415,41 @@ def can_load_best_model(training_args) -> bool:
 def check_model_source(model_args, task: str) -> None:
     """``--model_name_or_path`` must hold a model of the task's type; checked before its tokenizer or processor
     is looked for (a ViT has no tokenizer, which would otherwise be the error)."""
-    if not model_args.model_name_or_path:
+    source = model_args.model_name_or_path
+    if not source:
         return
-    model_type = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir).model_type
+    if not os.path.isdir(source) and (os.path.exists(source) or not HUB_ID.fullmatch(source)):
+        raise ValueError(f"--model_name_or_path {source}: no such directory or hub id (a directory saved by this "
+                         "script or save_pretrained, or a hub id such as 'owner/name').")
+    if problem := damaged_json_file(source):
+        raise ValueError(f"--model_name_or_path {source}: {problem}.")
+    try:
+        model_type = AutoConfig.from_pretrained(source, cache_dir=model_args.cache_dir,
+                                                trust_remote_code=False).model_type
+    except (OSError, ValueError) as error:
+        if os.path.isdir(source) and (Path(source) / "config.json").is_file():
+            saved = json.loads((Path(source) / "config.json").read_text()).get("model_type")
+            raise ValueError(f"--model_name_or_path {source} holds a {saved!r} model (config.json model_type), "
+                             "which neither scratchformers nor transformers knows: this script trains "
+                             "scratchformers models.") from error
+        found = "" if os.path.exists(source) else "no such directory or hub id: "
+        raise ValueError(f"--model_name_or_path {source}: {found}{str(error).strip().splitlines()[0]}") from error
     expected = TASKS[task]
     if model_type != expected.model_type:
         raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {model_type!r} model, not a "
                          f"scratchformers {expected.model_kind} ({expected.model_type!r}) for --task {task}.")
+
+
+def check_saved_files(model_args, last_checkpoint: Optional[str]) -> None:
+    """The JSON files of the model, tokenizer, processor and checkpoint this run reads parse: a damaged one is named
+    (with the fix) instead of transformers' bare ``Unterminated string starting at: line 444 column 7``."""
+    for flag, directory in (("--tokenizer_name", model_args.tokenizer_name),
+                            ("--image_processor_name", model_args.image_processor_name),
+                            ("--model_name_or_path", model_args.model_name_or_path),
+                            ("the checkpoint to resume from", last_checkpoint)):
+        problem = damaged_json_file(directory)
+        if problem:
+            raise ValueError(f"{flag} {directory}: {problem}.")
 
 
 def check_averaging(model_args, training_args) -> None:
@@ -486,6 +541,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     f"{LONE_PROCESS_THREADS} cores (--num_cpu_threads_per_process N or OMP_NUM_THREADS=N chooses)")
     logger.info(f"OpenMP threads wait {'passively' if os.environ.get('OMP_WAIT_POLICY') == 'PASSIVE' else 'actively'}"
                 f" ({torch.get_num_threads()} threads; set OMP_WAIT_POLICY to choose)")
+    lock = OutputDirLock(training_args.output_dir)  # nothing held yet
     try:
         if not CARD_TEMPLATE.is_file():
             raise FileNotFoundError(f"The model-card template {CARD_TEMPLATE} is missing.")
@@ -495,20 +551,28 @@ def main(argv: Optional[list[str]] = None) -> dict:
         check_averaging(model_args, training_args)
         check_model_source(model_args, data_args.task)
         task = TASKS[data_args.task]
+        lock = hold_output_dir(training_args.output_dir, training_args.process_index)  # before reading it
         last_checkpoint = check_output_dir(
             training_args, legacy_args, data_args.task, task.model_type, model_args.model_name_or_path
         )
         last_checkpoint = skip_finished_training(model_args, training_args, last_checkpoint)
+        check_saved_files(model_args, last_checkpoint)
         set_seed(training_args.seed)
         job = task.prepare(model_args, data_args, training_args, last_checkpoint)
     except (DatasetError, ValueError, OSError, ImportError) as error:
         # Bad input: a clear message before anything was trained or written.
+        lock.release()
         raise SystemExit(f"error: {error}") from error
 
-    results = train_evaluate_save(job, training_args, model_args)
-    model_dir = training_args.output_dir if holds_the_model(training_args, model_args) else model_args.model_name_or_path
-    samples = job.report(results, model_dir) if job.trainer.is_world_process_zero() else []
-    finish(job.trainer, model_args, data_args, training_args, results, samples, job.raw)
+    try:
+        results = train_evaluate_save(job, training_args, model_args)
+        model_dir = training_args.output_dir if holds_the_model(training_args, model_args) else model_args.model_name_or_path
+        samples = job.report(results, model_dir) if job.trainer.is_world_process_zero() else []
+        finish(job.trainer, model_args, data_args, training_args, results, samples, job.raw)
+    except SaveError as error:
+        raise SystemExit(f"error: {error}") from error
+    finally:
+        lock.release()
     return results
 
 

@@ -3,11 +3,13 @@ train / save / evaluate / test sequence that writes the Hugging Face results fil
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from safetensors.torch import load_file
 from transformers import Seq2SeqTrainer, Trainer
@@ -18,6 +20,46 @@ from precision_choice import settle_precision
 from task_setup import Job
 
 logger = logging.getLogger(__name__)
+
+# How torch's zip writer words a write that the disk cut short (``unexpected pos 291904 vs 291796``).
+SHORT_WRITE_WORDS = ("No space left on device", "unexpected pos", "file write failed")
+
+
+class SaveError(Exception):
+    """A save that failed for a reason the user can fix (a full disk); the message says what is intact and how to
+    go on. ``run.py`` prints it as one line."""
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write that a full disk (or quota) stopped: ``OSError(ENOSPC)`` from Python and
+    safetensors, or torch's ``RuntimeError`` from its zip writer."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in SHORT_WRITE_WORDS)
+
+
+def last_complete_checkpoint(output_dir: str, besides: str = "") -> Optional[str]:
+    """The newest checkpoint of ``output_dir`` that a run can resume from (not ``besides``), or None."""
+    checkpoints = [path for path in Path(output_dir).iterdir() if CHECKPOINT_NAME.fullmatch(path.name)
+                   and path.name != besides and checkpoint_problem(path) is None]
+    newest = max(checkpoints, key=lambda path: int(CHECKPOINT_NAME.fullmatch(path.name).group(1)), default=None)
+    return None if newest is None else str(newest)
+
+
+@contextmanager
+def disk_full_explained(output_dir: str, what: str, checkpoint: str = "") -> Iterator[None]:
+    """Turn a full disk while saving ``what`` into a ``SaveError`` that says so, names the checkpoint left intact
+    and how to resume, instead of ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not out_of_space(error):
+            raise
+        intact = last_complete_checkpoint(output_dir, besides=checkpoint)
+        then = f"it goes on from {intact}, which is intact" if intact else "no checkpoint is complete: it starts over"
+        raise SaveError(f"no space left on device while saving {what} in {output_dir}. Free some space (a lower "
+                        f"--save_total_limit keeps fewer checkpoints), then run the same command again: {then}."
+                        ) from error
 
 
 class ScratchTrainerMixin:
@@ -36,6 +78,12 @@ class ScratchTrainerMixin:
         # carried into its config; the Trainer's label smoother would pop the labels and compute a second loss.
         self.model.config.label_smoothing = self.args.label_smoothing_factor
         self.label_smoother = None
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint save; a full disk is a ``SaveError`` that says how to resume."""
+        name = f"checkpoint-{self.state.global_step}"
+        with disk_full_explained(self.args.output_dir, name, checkpoint=name):
+            super()._save_checkpoint(model, trial)
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.card_context is None or not self.is_world_process_zero():
@@ -66,7 +114,8 @@ def train_evaluate_save(job: Job, training_args, model_args) -> dict:
             average_last_checkpoints(trainer.model, training_args.output_dir, model_args.average_last_checkpoints)
         for key, value in job.saved_config.items():
             setattr(trainer.model.config, key, value)
-        trainer.save_model()  # weights, config (auto_map, custom_pipelines), generation config, tokenizer/processor
+        with disk_full_explained(training_args.output_dir, "the final model"):
+            trainer.save_model()  # weights, config (auto_map, custom_pipelines), generation config, tokenizer/processor
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(datasets_["train"])
         metrics["train_steps"] = trainer.state.global_step

@@ -30,6 +30,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, Optional, Sequence, TypeVar
 
+from .input_checks import check_vocabulary_fits, check_weights_finite
+
 T = TypeVar("T")
 
 PROG = "scratchformers"
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("model_dir", metavar="MODEL_DIR", help="directory saved with save_pretrained (+ processor)")
     classify.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     classify.add_argument("--top_k", type=positive_int, default=1, help="labels printed per image")
+    classify.add_argument("--max_image_pixels", type=int, default=None,
+                          help="read images up to this many pixels (default: Pillow's limit, about 179 million; 0: "
+                          "no limit, for files you trust)")
     classify.add_argument("--device", default=None, help="e.g. cpu, cuda (default: GPU 0 if there is one)")
     classify.add_argument("--bf16", action="store_true", help=BF16_HELP)
 
@@ -116,10 +121,31 @@ def load_config(model_dir: str):
 
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(model_dir)
+    from .input_checks import damaged_json_file
+
+    problem = damaged_json_file(model_dir)
+    if problem:
+        raise CLIError(problem)
+    try:  # never the custom-code question on a terminal: this command runs this package's and transformers' models
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
+        model_type = saved_model_type(path / "config.json")
+        if model_type is not None:
+            raise CLIError(f"'{model_dir}' holds a {model_type!r} model (config.json model_type), which neither "
+                           "scratchformers nor transformers knows: use a model saved by scratchformers (or a "
+                           "transformers one)") from error
         raise CLIError(f"'{model_dir}' does not hold a model this package can load: {first_line(error)}") from error
+
+
+def saved_model_type(config_file: Path) -> Optional[str]:
+    """The ``model_type`` written in ``config_file``, or None."""
+    import json
+
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
 
 
 def check_device(device: Optional[str]) -> Optional[str]:
@@ -182,6 +208,10 @@ def load_model(auto_class: Any, model_dir: str) -> Any:
             f"the weights in '{model_dir}' do not match its config.json ({'; '.join(problems)}): re-save the model "
             "with save_pretrained, or use the config.json it was saved with"
         )
+    try:
+        check_weights_finite(model)
+    except ValueError as error:
+        raise CLIError(f"'{model_dir}': {first_line(error)}") from error
     return model
 
 
@@ -278,6 +308,10 @@ def translate(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     except (OSError, ValueError) as error:
         raise CLIError(f"no usable tokenizer in '{args.model_dir}' (save it next to the model): {first_line(error)}")
+    try:
+        check_vocabulary_fits(tokenizer, config)
+    except ValueError as error:
+        raise CLIError(f"'{args.model_dir}': {first_line(error)}") from error
     model = load_model(AutoModelForSeq2SeqLM, args.model_dir)
 
     generate_kwargs = {"num_return_sequences": args.num_return_sequences}
@@ -375,8 +409,15 @@ def classify(args: argparse.Namespace) -> int:
             f"`{PROG} classify` needs an image-classification model"
         )
     for image in args.images:
+        if Path(image).is_dir():
+            raise CLIError(f"'{image}' is a folder, not an image file: pass the images in it, e.g. "
+                           f"{os.path.join(image, '*.png')}")
         if not Path(image).is_file():
             raise CLIError(f"image '{image}' does not exist")
+    if args.max_image_pixels is not None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels or None
     try:
         processor = AutoImageProcessor.from_pretrained(args.model_dir)
     except (OSError, ValueError) as error:
@@ -402,15 +443,23 @@ def classify(args: argparse.Namespace) -> int:
 
 
 def read_image(path: str) -> Any:
-    """The image at ``path`` decoded to RGB now (PIL decodes lazily), or a ``CLIError`` naming it."""
+    """The image at ``path`` decoded now (PIL decodes lazily), or a ``CLIError`` naming it. Read as the pipeline
+    reads a path (``image_processing_vit.open_image``: in its own mode, upright by EXIF), so that a 16-bit image
+    keeps its precision for a processor that reads it (ours); other processors convert it as transformers does."""
     from PIL import Image, UnidentifiedImageError
 
+    from .image_processing_vit import open_image
+
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
+        image = open_image(path)
+        image.load()
+        return image
     except UnidentifiedImageError as error:
         raise CLIError(f"'{path}' is not an image file this program can read: skipped it") from error
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise CLIError(f"'{path}' is larger than Pillow reads by default ({first_line(error)}): skipped it; if you "
+                       "trust the file, pass --max_image_pixels 0 (no limit) or a higher limit") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise CLIError(f"'{path}' is a damaged or truncated image ({first_line(error)}): skipped it; save or copy "
                        "it again") from error
 

@@ -186,6 +186,9 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         for name in ("layer_norm_eps", "init_std"):  # eps <= 0: NaN from 1/sqrt(var + eps) in the norms
             check_positive_number(name, getattr(self, name))
         check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+        if self.num_labels < 1:  # a classifier with no outputs: every loss and prediction fails deep in torch
+            raise ValueError(f"num_labels must be at least 1 (one output per class; 1 for regression), got "
+                             f"{self.num_labels}: pass num_labels or id2label with the classes.")
 
 
 register_model_type(ScratchViTConfig)

@@ -487,6 +487,12 @@ def _check_class_folders(path: str) -> None:
             f"The train image folder {path!r} has {found}; a classifier needs at least 2 classes, one sub-folder "
             f"per class ({os.path.join(path, 'cat')}/..., {os.path.join(path, 'dog')}/...)."
         )
+    empty = [name for name in classes if not any(files for _, _, files in os.walk(os.path.join(path, name)))]
+    if empty:  # imagefolder skips it, and with one class left gives no labels at all
+        raise DatasetError(
+            f"The train image folder {path!r} has empty class folders {empty}: put that class's images in them, or "
+            "remove them."
+        )
 
 
 def _check_classes_present(splits: DatasetDict) -> None:

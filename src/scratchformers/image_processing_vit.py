@@ -133,8 +133,11 @@ def _shape_of(image: Any) -> tuple[int, ...] | None:
 
 
 def check_not_empty(images: Any) -> None:
-    """A ValueError naming the shape of an empty image (or batch): transformers would resize it to a made-up image."""
+    """A ValueError naming the shape of an empty image (or batch, or list): transformers would resize it to a
+    made-up image, or fail on the missing first one."""
     if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("Got an empty list of images: pass at least one image.")
         for image in images:
             check_not_empty(image)
         return
@@ -142,6 +145,20 @@ def check_not_empty(images: Any) -> None:
     if shape is not None and 0 in shape:
         what = "PIL image of (height, width)" if isinstance(images, PIL.Image.Image) else "image of shape"
         raise ValueError(f"Got an empty {what} {shape}: every dimension of an image must be at least 1.")
+
+
+def check_channels(image: Any) -> None:
+    """A ValueError for an image array whose channels are not 1, 3 or 4 (gray, RGB, RGBA) on the first or the last
+    axis; transformers would say "Unable to infer channel dimension format"."""
+    shape = None if isinstance(image, PIL.Image.Image) else _shape_of(image)
+    if shape is None or len(shape) not in (3, 4):
+        return
+    first, last = shape[-3], shape[-1]
+    if first not in (1, 3, 4) and last not in (1, 3, 4):
+        raise ValueError(
+            f"Got an image array of shape {shape}: neither its first nor its last axis holds 1, 3 or 4 channels (gray, "
+            "RGB, RGBA; C x H x W or H x W x C). Pick or convert its channels first, e.g. array[..., :3]."
+        )
 
 
 def _to_numpy(image: Any) -> Any:
@@ -232,6 +249,8 @@ class ScratchViTImageProcessorPil(ViTImageProcessorPil):
                 f"{type(self).__name__} expects an image array of 2 or 3 dimensions (H x W, H x W x C, C x H x W) "
                 f"or a batch of 4 (N x H x W x C, N x C x H x W); got shape {shape}."
             )
+        for image in images if isinstance(images, (list, tuple)) else [images]:
+            check_channels(image)
         try:
             return super()._prepare_images_structure(_with_channel_axis(images), expected_ndims=expected_ndims)
         except TypeError as error:  # raised by transformers for anything that is not an image, path or URL
@@ -328,4 +347,4 @@ def make_image_processor(config, **overrides) -> ScratchViTImageProcessorPil:
     return ScratchViTImageProcessorPil(**{**settings, **overrides})
 
 
-__all__ = ["ScratchViTImageProcessorPil", "check_not_empty", "exif_upright", "make_image_processor", "open_image"]
+__all__ = ["ScratchViTImageProcessorPil", "check_channels", "check_not_empty", "exif_upright", "make_image_processor", "open_image"]

@@ -35,6 +35,7 @@ from .layers import (
     make_positional_encoding,
     resolve_attention_function,
 )
+from .input_checks import check_token_inputs
 from .modeling_base import ScratchPreTrainedModel, model_cross_entropy
 
 
@@ -503,6 +504,7 @@ class ScratchTransformerForConditionalGeneration(ScratchTransformerPreTrainedMod
         ``cache`` (``past_key_values`` before transformers 5.24) holds the decoder's keys and values of the steps
         already decoded. With ``labels`` (training) no cache is built or returned, as in Marian.
         """
+        check_token_inputs(input_ids, labels, self.config.vocab_size)  # 1-D, empty, labels outside the vocabulary
         if labels is not None:
             use_cache = False
             source = input_ids if input_ids is not None else inputs_embeds

@@ -24,6 +24,7 @@ from transformers.image_utils import load_image
 from transformers.pipelines.image_classification import ImageClassificationPipeline as _ImageClassificationPipeline
 
 from .image_processing_vit import check_not_empty, exif_upright, open_image
+from .input_checks import check_weights_finite
 from .precision import bf16_autocast
 
 
@@ -35,6 +36,11 @@ class ImageClassificationPipeline(_ImageClassificationPipeline):
     autocast (a float32 model on a CPU, or on a GPU that supports bf16); ``None`` (default) or ``False``: in the
     model's own dtype. Only for ``reads_every_image_mode`` processors (ours).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if getattr(self.image_processor, "reads_every_image_mode", False):
+            check_weights_finite(self.model)  # NaN weights: refused now, not one confident label for every image
 
     def _sanitize_parameters(self, autocast_bf16: bool | None = None, **kwargs: Any):
         """transformers' parameters, and ``autocast_bf16`` for ``_forward``."""

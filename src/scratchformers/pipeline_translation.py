@@ -19,8 +19,11 @@ The model generates in its own dtype, so a saved model translates the same on ev
 (at construction or per call) runs a float32 model under ``torch.autocast(<device>, dtype=torch.bfloat16)`` on a
 CPU or a GPU that supports bf16 (``precision.py``; faster on some CPUs, slower on others: ``benchmarks/README.md``).
 
-This module imports nothing from its package but ``precision.py``: saved checkpoints carry a copy of both, which
-``pipeline(..., trust_remote_code=True)`` loads where the package is not installed.
+A tokenizer whose vocabulary does not fit the model, and weights holding NaN or inf, are refused when the pipeline
+is built (``input_checks.py``), not translated silently.
+
+This module imports nothing from its package but ``precision.py`` and ``input_checks.py``: saved checkpoints carry a
+copy of them, which ``pipeline(..., trust_remote_code=True)`` loads where the package is not installed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from transformers import Pipeline
 from transformers.utils import ModelOutput
 
+from .input_checks import check_vocabulary_fits, check_weights_finite
 from .precision import bf16_autocast
 
 # Tokenizers without a length limit report this huge number as their ``model_max_length``.
@@ -79,6 +83,9 @@ class TranslationPipeline(Pipeline):
                 f"TranslationPipeline needs an encoder-decoder model (AutoModelForSeq2SeqLM); "
                 f"{type(self.model).__name__} is not one."
             )
+        # Refused now rather than translating silently to "" or to the same token over and over.
+        check_vocabulary_fits(self.tokenizer, self.model.config)
+        check_weights_finite(self.model)
 
     # ----------------------------------------------------------------------------------------------------------
     # Parameters

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 from transformers.dynamic_module_utils import get_relative_import_files
 
+from .input_checks import check_saved_json_files
+
 # Keyword arguments of ``save_pretrained`` that only matter when pushing to the Hub.
 _HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
 
@@ -104,6 +106,9 @@ class CheckedLoadingMixin:
         # from the hub. That would silently change a textbook layer's numerics and hide it from the fast path, so our
         # models load as they were saved; `use_kernels=True` still asks for the hub kernels explicitly.
         kwargs.setdefault("use_kernels", False)
+        # A damaged tokenizer.json (or config) is named with the fix, not left to a bare JSONDecodeError later (a
+        # pipeline loads the tokenizer after the model).
+        check_saved_json_files(str(pretrained_model_name_or_path))
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
