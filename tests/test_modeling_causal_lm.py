@@ -201,6 +201,16 @@ def test_bad_inputs_give_clear_errors(inputs, message):
         make_lm()(**inputs)
 
 
+@pytest.mark.parametrize("search", [dict(), dict(num_beams=3)], ids=["greedy", "beam"])
+def test_generate_past_the_position_table_fails_before_decoding(search):
+    model = make_lm()
+    batch = left_padded_batch()
+    with pytest.raises(ValueError, match=r"max_length=68 .* pass max_new_tokens <= 57\."):
+        model.generate(**batch, max_new_tokens=60, pad_token_id=PAD, **search)
+    out = model.generate(**batch, max_new_tokens=57, min_new_tokens=57, pad_token_id=PAD, **search)
+    assert out.shape[1] == 8 + 57  # the last token needs no position of its own
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     input_ids = left_padded_batch()["input_ids"]
     grads = []
