@@ -211,13 +211,16 @@ def _is_idle_output_capturing_hook(hook) -> bool:
             and getattr(hook, "__name__", None) == "output_capturing_hook")
 
 
-def _mask_eos_(scores: torch.Tensor, eos_token_id: torch.Tensor) -> torch.Tensor:
-    """``scores`` with the EOS columns set to -inf in place: ``torch.where(isin(arange(V), eos), -inf, scores)``
-    without the copy (ids outside ``[0, V)`` match no column, as with ``isin``)."""
-    vocab = scores.shape[-1]
-    eos = eos_token_id.to(scores.device).reshape(-1)
-    eos = eos[(eos >= 0) & (eos < vocab)]
-    return scores.index_fill_(-1, eos, -math.inf)
+def _mask_eos_(scores: torch.Tensor, processor) -> torch.Tensor:
+    """``scores`` with the EOS columns of ``processor.eos_token_id`` set to -inf in place: ``torch.where(isin(
+    arange(V), eos), -inf, scores)`` without the copy (ids outside ``[0, V)`` match no column, as with ``isin``).
+    The columns are found once per processor, vocabulary and device: selecting them is a host sync on a GPU."""
+    vocab, eos_token_id = scores.shape[-1], processor.eos_token_id
+    cached = processor.__dict__.get("_eos_columns")
+    if cached is None or cached[0] is not eos_token_id or cached[1] != (vocab, scores.device):
+        eos = eos_token_id.to(scores.device).reshape(-1)
+        cached = processor._eos_columns = (eos_token_id, (vocab, scores.device), eos[(eos >= 0) & (eos < vocab)])
+    return scores.index_fill_(-1, cached[2], -math.inf)
 
 
 class ExactMinLengthLogitsProcessor(MinLengthLogitsProcessor):
@@ -230,7 +233,7 @@ class ExactMinLengthLogitsProcessor(MinLengthLogitsProcessor):
     def apply_(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         """The same, in place: for a decoding loop that owns ``scores`` (``fast_decoding``)."""
         if input_ids.shape[-1] < self.min_length:
-            _mask_eos_(scores, self.eos_token_id)
+            _mask_eos_(scores, self)
         return scores
 
 
@@ -243,7 +246,7 @@ class ExactMinNewTokensLengthLogitsProcessor(MinNewTokensLengthLogitsProcessor):
     def apply_(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         """The same, in place: for a decoding loop that owns ``scores`` (``fast_decoding``)."""
         if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            _mask_eos_(scores, self.eos_token_id)
+            _mask_eos_(scores, self)
         return scores
 
 
