@@ -124,7 +124,8 @@ def check_device(device: str) -> torch.device:
     except RuntimeError:
         raise SystemExit(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch {torch.__version__}); use --device cpu")
+        raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch {torch.__version__}); "
+                         "use --device cpu")
     if parsed.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device {device}: the benchmarks run on cpu or cuda")
     return parsed

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -52,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import bench_decode  # noqa: E402
 import bench_seq2seq  # noqa: E402
 import bench_vit  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import alternate, machine  # noqa: E402
 
 import scratchformers as sf  # noqa: E402
 
@@ -91,7 +92,8 @@ class Table:
             fn()
         except Exception as error:  # noqa: BLE001 (one part's failure is a row; the others still run)
             traceback.print_exc()
-            self.add(part, "raised", f"fail: {type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}")
+            first_line = (str(error).splitlines() or [""])[0][:160]
+            self.add(part, "raised", f"fail: {type(error).__name__}: {first_line}")
         self.seconds[part] = round(time.perf_counter() - start, 1)
 
     def markdown(self, header: str) -> str:
@@ -276,7 +278,8 @@ def check_pipelines(table: Table, device: torch.device, workdir: Path) -> None:
     same = [r["label"] for r in cpu_result] == [r["label"] for r in gpu_result] and all(
         abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(cpu_result, gpu_result))
     table.check(f"image-classification pipeline device={pipeline_device(device)!r}",
-                f"runs on {gpu_where}; same labels and scores as cpu: {same}", same and gpu_where.startswith(device.type))
+                f"runs on {gpu_where}; same labels and scores as cpu: {same}",
+                same and gpu_where.startswith(device.type))
 
 
 def one_line_error(fn: Callable[[], object]) -> str | None:
@@ -344,7 +347,8 @@ def check_host_syncs(table: Table, device: torch.device) -> None:
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     new_tokens = 16
     counts = {}
-    for name, model, implementation in (("fast", ours, "fast"), ("reference", ours, "reference"), ("HF Marian", hf, None)):
+    for name, model, implementation in (("fast", ours, "fast"), ("reference", ours, "reference"),
+                                        ("HF Marian", hf, None)):
         if implementation:
             model.config.forward_implementation = implementation
         generate = lambda: model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # noqa: E731
@@ -528,14 +532,6 @@ def check_decoding(table: Table, device: torch.device, smoke: bool) -> None:
         if "ours_bf16" in speeds:
             table.add(f"decode {label} bf16 autocast vs fp32, ours, {device.type}",
                       f"{speeds['ours_bf16']:,.0f} new tokens/s (x{report[f'{part}_bf16_vs_fp32']:.2f})", "measured")
-    # The reference implementation (the model's forward under transformers' loop), in a run of its own, so that
-    # the fast path's gain on this device is a figure (separate runs: compare on a quiet device only).
-    reference = run_benchmark(bench_decode, [*argv, "--device", str(device), "--forward-implementation", "reference"])
-    table.reports["bench_decode-reference"] = reference
-    for part, label in (("greedy", "greedy"), ("beam4", "beam-4")):
-        fast, slow = (r[f"{part}_new_tokens_per_s"]["ours_fp32"] for r in (report, reference))
-        table.add(f"decode {label} {report['size']} fp32, ours fast vs reference, {device.type}",
-                  f"{fast:,.0f} vs {slow:,.0f} new tokens/s (x{fast / slow:.2f}; separate runs)", "measured")
     for name in ("ct2_fp32", "ours_int8"):
         if name in report["skipped"]:
             table.add(f"decode {name}, {device.type}", "-", f"missing: {report['skipped'][name]}")
@@ -543,33 +539,38 @@ def check_decoding(table: Table, device: torch.device, smoke: bool) -> None:
         table.add("decode engines that failed", "; ".join(report["failed"])[:160], "fail")
 
 
-def check_bf16_decoding(table: Table, device: torch.device, smoke: bool) -> None:
-    """Greedy decoding of ours (fast) in fp32, under bf16 autocast, and with its weights cast to bf16, timed in
-    alternating rounds: which bf16 a device should decode in, and how many tokens each keeps of fp32's."""
-    size, batch_size, rounds = ("smoke", 2, 1) if smoke else ("base", 16, 5)
-    ours, _ = bench_seq2seq.build_models(size, 8000 if not smoke else 64, 0)
-    ours.generation_config.forced_eos_token_id = None
-    ours = ours.to(device).eval()
+def check_decoding_engines(table: Table, device: torch.device, smoke: bool) -> None:
+    """Ours fast, ours reference, Marian, ours fast under bf16 autocast and with bf16 weights, in alternating
+    rounds in one process (a GPU's clocks move between separate runs): greedy and beam-4 at batch 16, greedy at
+    batch 128. Ratios are of ours fast (fp32); the fp32 engines must give its tokens."""
+    size, vocab, rounds, new_tokens = ("smoke", 64, 1, 4) if smoke else ("base", 8000, 5, 32)
+    ours, hf = bench_seq2seq.build_models(size, vocab, 0)
+    for model in (ours, hf):
+        model.generation_config.forced_eos_token_id = None
+    ours, hf = ours.to(device).eval(), hf.to(device).eval()
+    reference = copy.deepcopy(ours)
+    reference.config.forward_implementation = "reference"
     ours.config.forward_implementation = "fast"
-    cast = bench_seq2seq.build_models(size, 8000 if not smoke else 64, 0)[0].to(device, torch.bfloat16).eval()
-    cast.generation_config.forced_eos_token_id = None
-    cast.config.forward_implementation = "fast"
-    args = argparse.Namespace(batch=batch_size, src_len=24, tgt_len=32, vocab=ours.config.vocab_size, padded=False)
-    batch = tuple(t.to(device) for t in bench_seq2seq.make_batch(args, torch.Generator().manual_seed(0)))
-    new_tokens = 32 if not smoke else 4
-    runs = {"fp32": bench_seq2seq.generate_fn(ours, batch, new_tokens, 1),
-            "autocast": bench_seq2seq.generate_fn(ours, batch, new_tokens, 1, torch.bfloat16),
-            "bf16 weights": bench_seq2seq.generate_fn(cast, batch, new_tokens, 1)}
-    outputs = {name: run() for name, run in runs.items()}
-    from _common import alternate
-
-    timing = alternate(runs, batch_size * new_tokens, 1, rounds,
-                       ratios={"autocast": ("autocast", "fp32"), "weights": ("bf16 weights", "fp32")})
-    same = {name: float((out == outputs["fp32"]).float().mean()) for name, out in outputs.items() if name != "fp32"}
-    table.reports["bf16-decoding"] = {"timing": timing, "token_agreement_with_fp32": same}
-    table.add(f"decode greedy {size} (fast), bf16 autocast / bf16 weights vs fp32, {device.type}",
-              f"x{timing['autocast']:.2f} / x{timing['weights']:.2f} ({timing['fp32']:,.0f} fp32 new tokens/s); "
-              f"tokens as fp32: {same['autocast']:.0%} / {same['bf16 weights']:.0%}", "measured")
+    engines = {"fast": (ours, None), "reference": (reference, None), "HF Marian": (hf, None),
+               "fast bf16 autocast": (ours, torch.bfloat16),
+               "fast bf16 weights": (copy.deepcopy(ours).to(torch.bfloat16), None)}
+    settings = [("greedy", 1, 16), ("beam-4", 4, 16), ("greedy", 1, 128)] if not smoke else [("greedy", 1, 2)]
+    for label, beams, batch_size in settings:
+        shape = argparse.Namespace(batch=batch_size, src_len=24, tgt_len=new_tokens, vocab=vocab, padded=False)
+        batch = tuple(t.to(device) for t in bench_seq2seq.make_batch(shape, torch.Generator().manual_seed(0)))
+        runs = {name: bench_seq2seq.generate_fn(model, batch, new_tokens, beams, dtype)
+                for name, (model, dtype) in engines.items()}
+        outputs = {name: run() for name, run in runs.items()}  # warm-up
+        timing = alternate(runs, batch_size * new_tokens, 1, rounds,
+                           ratios={f"{name} / fast": (name, "fast") for name in runs if name != "fast"})
+        same = {name: float((out == outputs["fast"]).float().mean()) for name, out in outputs.items() if name != "fast"}
+        table.reports[f"decoding-engines-{label}-{batch_size}"] = {"timing": timing, "same_tokens_as_fast": same}
+        ratios = ", ".join(f"{name} x{timing[f'{name} / fast']:.2f}" for name in runs if name != "fast")
+        fp32_same = all(same[name] == 1.0 for name in ("reference", "HF Marian"))
+        table.check(f"decode {label} {size} batch {batch_size}, {device.type}: ours fast fp32 against",
+                    f"{timing['fast']:,.0f} new tokens/s; {ratios}; bf16 tokens as fp32: "
+                    f"{same['fast bf16 autocast']:.0%} / {same['fast bf16 weights']:.0%}", fp32_same,
+                    "fp32 engines gave other tokens")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -628,7 +629,8 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 training steps (seconds to a minute)")
     parser.add_argument("--skip", default="", help=f"comma list of parts to skip: {','.join(PARTS)}")
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_check",
-                        help="folder for gpu_check.md / .json and the training logs (default: $OUT, else outputs/gpu_check)")
+                        help="folder for gpu_check.md / .json and the training logs (default: $OUT, else "
+                        "outputs/gpu_check)")
     parser.add_argument("--prepare-carry", metavar="DIR", help="download wheels and trim the data for a GPU machine")
     args = parser.parse_args(argv)
     if args.prepare_carry:
@@ -654,7 +656,7 @@ def main(argv: list[str] | None = None) -> Table:
             "syncs": lambda: check_host_syncs(table, device),
             "throughput": lambda: check_training_throughput(table, device, args.smoke),
             "decoding": lambda: (check_decoding(table, device, args.smoke),
-                                 check_bf16_decoding(table, device, args.smoke)),
+                                 check_decoding_engines(table, device, args.smoke)),
             "training": lambda: check_training_runs(table, device, workdir, out, args.smoke),
         }
         for name, part in parts.items():
