@@ -134,6 +134,9 @@ def test_the_measurement_takes_bf16_only_when_clearly_faster(monkeypatch, fp32, 
     assert (probe.fp32_seconds, probe.bf16_seconds) == (fp32, bf16)  # the warm-up passes do not count
     assert probe.speedup == pytest.approx(fp32 / bf16) and probe.prefers_bf16() is prefers
     assert f"fp32 {fp32:.3f} s, bf16 {bf16:.3f} s" in probe.describe() and "needs x1.15" in probe.describe()
+    calls.clear()
+    precision.measure_bf16_speedup(torch.nn.Linear(2, 2), {}, passes=3, warmup=1, budget_seconds=0)
+    assert calls == [False, True] * 2  # out of time: one timed pass of each after the warm-up
     with pytest.raises(ValueError, match="passes=0"):
         precision.measure_bf16_speedup(torch.nn.Linear(2, 2), {}, passes=0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Optional
 
 import torch
@@ -96,10 +97,11 @@ def settle_precision(model: torch.nn.Module, training_args, train_dataset, data_
         batch = probe_batch(train_dataset, data_collator, training_args.per_device_train_batch_size, by_length)
     device = next(model.parameters()).device
     batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    start = time.perf_counter()
     probe = measure_bf16_speedup(model, batch)
     choice = processes_agree(probe.prefers_bf16())
     shape = "x".join(str(dim) for dim in next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape)
-    reason = f"measured on this model, batch {shape}: {probe.describe()}"
+    reason = f"measured on this model, batch {shape}: {probe.describe()}; {time.perf_counter() - start:.1f} s"
     setattr(training_args, ATTRIBUTE, (choice, reason))
     training_args.bf16 = choice
     training_args.mixed_precision = "bf16" if choice else "no"

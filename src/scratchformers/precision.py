@@ -173,9 +173,11 @@ def time_training_pass(model: torch.nn.Module, batch: Mapping[str, Any], bf16: b
 
 
 def measure_bf16_speedup(model: torch.nn.Module, batch: Mapping[str, Any], passes: int = 5, warmup: int = 1,
-                         clock: Callable[[], float] = time.perf_counter) -> Bf16Probe:
+                         clock: Callable[[], float] = time.perf_counter,
+                         budget_seconds: Optional[float] = 5.0) -> Bf16Probe:
     """Time ``passes`` forward/backward passes of ``model`` on ``batch`` in fp32 and in bf16 autocast, alternating
     (so that a neighbour's load falls on both), after ``warmup`` untimed passes of each; the best pass counts.
+    Fewer passes once ``budget_seconds`` (wall time, warm-up included) are spent, never fewer than one of each.
     ``clock``: wall time by default (what training takes); ``time.process_time`` for benchmarks on a shared CPU.
 
     ``model`` itself is left as it was: a deep copy is timed (no optimizer step, its gradients dropped), and the
@@ -185,11 +187,14 @@ def measure_bf16_speedup(model: torch.nn.Module, batch: Mapping[str, Any], passe
     times: dict[bool, list[float]] = {False: [], True: []}
     with preserved_rng():
         probe_model = copy.deepcopy(model).train()
+        start = time.perf_counter()
         for index in range(warmup + passes):
             for bf16 in (False, True):
                 seconds = time_training_pass(probe_model, batch, bf16, clock)
                 if index >= warmup:
                     times[bf16].append(seconds)
+            if index >= warmup and budget_seconds is not None and time.perf_counter() - start > budget_seconds:
+                break
         del probe_model
     return Bf16Probe(fp32_seconds=min(times[False]), bf16_seconds=min(times[True]))
 
