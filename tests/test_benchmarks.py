@@ -77,3 +77,10 @@ def test_bench_int8_reports_quality_and_ratios(capsys):
         assert report["bf16_vs_fp32"] > 0 and report["bf16_bleu_minus_fp32"] is not None
     else:
         assert report["bf16_vs_fp32"] is None and "native bf16" in report["skipped"]["ours_bf16"]
+
+
+def test_bench_causal_lm_reports_ratios(capsys):
+    report = run_benchmark("bench_causal_lm", capsys)
+    for search in ("greedy", "beam4"):
+        assert all(report[f"{search}_{key}"] > 0 for key in ("fast_vs_hf", "reference_vs_hf", "fast_vs_reference"))
+        assert report[f"{search}_outputs_match_hf"]  # same weights, same tokens, reference and fast
