@@ -199,6 +199,11 @@ def check_forward_backward(table: Table, device: torch.device) -> None:
                         f"logits {norm_error:.1e} (rel. L2), loss {loss_error:.1e}",
                         norm_error <= BF16_TOLERANCE and loss_error <= BF16_TOLERANCE and math.isfinite(norm_error),
                         f"over {BF16_TOLERANCE}")
+        if family == "ViT" and device.type == "cuda":  # cuDNN may run the patch projection (a Conv2d) in TF32
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():
+                strict = relative_difference(make().to(device)(**to(batch, device)).logits, make()(**batch).logits)
+            table.check("fp32 forward ViT with cuDNN's TF32 off, cuda vs cpu", f"logits {strict:.1e}",
+                        strict <= FP32_TOLERANCE, f"over {FP32_TOLERANCE}")
         eager, sdpa = make().to(device), make().to(device)
         eager.set_attn_implementation("eager")
         with torch.no_grad():
