@@ -109,3 +109,25 @@ def test_benchmarks_refuse_a_missing_device_in_one_line(gpu_check):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA GPU.*use --device cpu"):
             check_device("cuda")
+
+
+def test_bench_decode_engines_per_device(gpu_check, monkeypatch):
+    """On a GPU the dynamic int8 engines are skipped with the reason (they compute on the CPU only), and bf16 runs
+    where the GPU has it; on the CPU both are built. (A model on the meta device stands in for a GPU model.)"""
+    import argparse
+
+    import bench_decode
+    import bench_seq2seq
+
+    ours, hf = bench_seq2seq.build_models("smoke", 64, 0)
+    skipped: dict = {}
+    on_cpu = bench_decode.torch_engines(ours, hf, argparse.Namespace(device="cpu", bf16=True, compile=False), skipped)
+    assert {"ours_fp32", "hf_fp32", "ours_int8", "hf_int8", "ours_bf16"} <= set(on_cpu)
+    skipped = {}
+    gpu_args = argparse.Namespace(device="cuda", bf16=False, compile=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    elsewhere = bench_decode.torch_engines(ours.to("meta"), hf.to("meta"), gpu_args, skipped)
+    assert set(elsewhere) == {"ours_fp32", "hf_fp32", "ours_bf16"}
+    assert "CPU only" in skipped["ours_int8"] and "CPU only" in skipped["hf_int8"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert bench_decode.bf16_skip_reason(gpu_args) == "this GPU has no bf16"
