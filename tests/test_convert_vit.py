@@ -93,8 +93,9 @@ UNSUPPORTED = {  # name -> (make the Hugging Face model, error type, exact messa
         ValueError, r"Only square image_size can be ported, got image_size=\(32, 48\)\.",
     ),
     "activation_without_a_counterpart": (
-        lambda: make_hf_vit(hidden_act="gelu_new"),
-        ValueError, r"ViT activation 'gelu_new' has no counterpart here \(allowed: \('relu', 'gelu', 'silu'\)\)\.",
+        lambda: make_hf_vit(hidden_act="quick_gelu"),
+        ValueError,
+        r"ViT activation 'quick_gelu' has no counterpart here \(allowed: \('relu', 'gelu', 'silu', 'gelu_new'\)\)\.",
     ),
 }
 
