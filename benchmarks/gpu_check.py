@@ -544,6 +544,31 @@ def check_decoding(table: Table, device: torch.device, smoke: bool) -> None:
         table.add("decode engines that failed", "; ".join(report["failed"])[:160], "fail")
 
 
+def gpu_busy_share(run: Callable[[], object]) -> float:
+    """The GPU's kernel time during ``run()`` (torch.profiler) over its wall time without the profiler: well under
+    1 means the GPU waits for the host (launches, syncs), and fewer bytes or FLOPs would not make it faster."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
+    return kernel_us / 1e6 / wall
+
+
+def add_busy_row(table: Table, runs: dict, size: str, batch_size: int) -> None:
+    busy = {name: gpu_busy_share(runs[name]) for name in ("fast", "HF Marian")}
+    table.reports[f"gpu-busy-greedy-{batch_size}"] = busy
+    table.add(f"GPU busy during a greedy generate, {size} batch {batch_size} (kernel time / wall time)",
+              ", ".join(f"{name} {share:.0%}" for name, share in busy.items()), "measured")
+
+
 def check_decoding_engines(table: Table, device: torch.device, smoke: bool) -> None:
     """Ours fast, ours reference, Marian, ours fast under bf16 autocast and with bf16 weights, in alternating
     rounds in one process (a GPU's clocks move between separate runs): greedy and beam-4 at batch 16, greedy at
@@ -572,6 +597,8 @@ def check_decoding_engines(table: Table, device: torch.device, smoke: bool) -> N
         table.reports[f"decoding-engines-{label}-{batch_size}"] = {"timing": timing, "same_tokens_as_fast": same}
         ratios = ", ".join(f"{name} x{timing[f'{name} / fast']:.2f}" for name in runs if name != "fast")
         fp32_same = all(same[name] == 1.0 for name in ("reference", "HF Marian"))
+        if device.type == "cuda" and label == "greedy":
+            table.run(f"GPU busy, greedy batch {batch_size}", lambda: add_busy_row(table, runs, size, batch_size))
         table.check(f"decode {label} {size} batch {batch_size}, {device.type}: ours fast fp32 against",
                     f"{timing['fast']:,.0f} new tokens/s; {ratios}; bf16 tokens as fp32: "
                     f"{same['fast bf16 autocast']:.0%} / {same['fast bf16 weights']:.0%}", fp32_same,
