@@ -100,15 +100,16 @@ def test_two_real_runs_on_one_output_dir(tiny_files, tmp_path):
     """A second `run.py` on the output_dir of a live one is refused with one line naming it and leaves the first
     run's model intact; a run killed with -9 leaves a lock that the same command takes over, resuming."""
     out = tmp_path / "out"
-    args = [str(RUN_PY), *tiny_args(tiny_files, out, tmp_path / "c", *QUICK, "--max_steps", "60", "--save_steps", "20",
-                                     "--save_total_limit", "5")]
+    # Long enough to still be training while the second run starts (some 10 s of imports) and is refused.
+    args = [str(RUN_PY), *tiny_args(tiny_files, out, tmp_path / "c", *QUICK, "--max_steps", "600", "--save_steps", "100",
+                                     "--save_total_limit", "2")]
     first = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=script_env(tmp_path),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while not (out / "checkpoint-20").is_dir() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert first.poll() is None, "the first run ended before its first checkpoint"
+        while not (out / LOCK_FILE).is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert first.poll() is None, "the first run ended before it took the output_dir"
         second = subprocess.run([sys.executable, *args], cwd=tmp_path, env=script_env(tmp_path), capture_output=True,
                                 text=True, timeout=300)
         assert first.poll() is None, "the first run ended before the second was refused: give it more steps"
@@ -120,8 +121,8 @@ def test_two_real_runs_on_one_output_dir(tiny_files, tmp_path):
         if first.poll() is None:
             first.kill()
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 60 and not (out / LOCK_FILE).exists()
-    final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-60" / "model.safetensors")
+    assert state["global_step"] == 600 and not (out / LOCK_FILE).exists()
+    final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-600" / "model.safetensors")
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
 
     killed = tmp_path / "killed"

@@ -64,7 +64,7 @@ class OutputDirLock:
 
 
 def not_writable(output_dir: str, error: OSError) -> ValueError:
-    """The error of an output_dir this run cannot write into (read-only file system, permissions, a file)."""
+    """The error of an output_dir this run cannot write into (read-only file system, permissions)."""
     reason = error.strerror or type(error).__name__
     return ValueError(f"--output_dir {output_dir} is not writable ({reason}): nothing was trained. Make it writable, "
                       "or choose another --output_dir.")
@@ -76,8 +76,10 @@ def lock_holder(text: str) -> str:
         holder = json.loads(text)
     except ValueError:
         return "a run that did not say which"
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            f"{': ' + holder['command'] if holder.get('command') else ''}")
+    command = str(holder.get("command") or "")
+    command = command if len(command) <= 120 else command[:117] + "..."
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}" + (
+        f": {command}" if command else "")
 
 
 def hold_output_dir(output_dir: str, process_index: int = 0) -> OutputDirLock:
@@ -88,6 +90,8 @@ def hold_output_dir(output_dir: str, process_index: int = 0) -> OutputDirLock:
     run that died (``kill -9``, power loss) is taken over with a warning."""
     if process_index != 0:
         return OutputDirLock(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file, not a directory: choose another --output_dir.")
     created = not os.path.exists(output_dir)
     path = Path(output_dir) / LOCK_FILE
     try:

@@ -12,9 +12,13 @@ Output line ``i`` belongs to input ``i`` (line breaks and tabs inside a translat
 Every failure a user can cause prints one line ``scratchformers: error: <problem and fix>`` on stderr and exits with
 status 2, never a traceback: a missing directory, a directory without a model or of the wrong kind, weights that do
 not match ``config.json`` (missing, unexpected or wrong-shape tensors: the model would otherwise run with random
-weights), a corrupt weight file, an unavailable ``--device``, stdin that is not text in the locale's encoding (UTF-8).
-``classify`` reports an unreadable image on its own line, goes on with the other images and exits with status 2 at the
-end, so every readable image is still classified.
+weights), a corrupt weight file, weights holding NaN or inf, a damaged JSON file (``tokenizer.json`` cut off by a
+copy), a tokenizer whose vocabulary does not fit the model, a ``model_type`` neither this package nor transformers
+knows (never the custom-code question), an unavailable ``--device``, stdin that is not text in the locale's encoding
+(UTF-8), a folder given as an image. ``classify`` reads images as the image-classification pipeline does (16-bit
+images at full precision); it reports an unreadable image (or one over Pillow's pixel limit: ``--max_image_pixels``)
+on its own line, goes on with the other images and exits with status 2 at the end, so every readable image is still
+classified.
 """
 
 from __future__ import annotations
