@@ -9,8 +9,8 @@ trained model was held out from. The engines, all from the one saved model:
 - ``ours_fp32``: ``AutoModelForSeq2SeqLM.from_pretrained(--model)`` with ``config.forward_implementation`` =
   ``--forward-implementation``; ``ours_int8``: the README's ``scratchformers.quantize_int8`` of it;
 - ``ours_bf16``: the fp32 model's ``generate`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what the
-  translation pipeline runs on a CPU with native bf16 (``precision.native_bf16_cpu``); elsewhere skipped, unless
-  ``--bf16`` forces it;
+  translation pipeline runs with ``autocast_bf16=True``; timed on a CPU with bf16 instructions
+  (``precision.native_bf16_cpu``), elsewhere skipped, unless ``--bf16`` forces it;
 - ``ct2_fp32`` / ``ct2_int8``: ``scratchformers.export_ct2`` of it (``quantization=None`` / ``"int8"``), run by
   ``ctranslate2.Translator(device="cpu", intra_threads=--threads)``; skipped (keys null) without ``ctranslate2``.
 
