@@ -15,7 +15,7 @@ batch of ``--batch`` random sources of ``--src-len`` tokens to exactly ``--new-t
 counterpart of, is cleared for both torch models), greedy and beam-4:
 
 - ``ours_fp32``: ``generate`` with ``config.forward_implementation`` = ``--forward-implementation`` (``fast``, the
-  default: greedy and beam search over ``fast_decoding.FastDecoder``; ``reference``: the model's forward pass);
+  default: the loops of ``decoding.py`` over ``fast_decoding.FastDecoder``; ``reference``: over the model's forward);
 - ``ours_int8``: ``scratchformers.quantize_int8(copy)`` (per-channel int8 weights, activations quantized per call;
   saved and loaded as int8); ``hf_int8``: the same scheme by ``torch.ao.quantization.quantize_dynamic`` with
   ``per_channel_dynamic_qconfig`` (Int8Linear equals it); every linear layer, the LM head included, in both;
