@@ -153,6 +153,17 @@ def test_output_hidden_states_and_attentions():
     assert torch.all(weights[1, :, 3:, :3] == 0)  # the left pads of row 1 get no weight from its tokens
 
 
+def test_torch_compile_traces_the_training_step_without_graph_breaks():
+    import torch._dynamo
+
+    model = make_lm(num_hidden_layers=1).train()
+    batch = left_padded_batch()
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    explanation = torch._dynamo.explain(model)(**batch, labels=labels)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 def test_return_dict_false_gives_a_tuple():
     model = make_lm()
     batch = left_padded_batch()
