@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import scratchformers as sf
 from scratchformers.cli import main as cli_main
 from test_training import RUN_PY, run, tiny_args, tiny_files  # noqa: F401  (tiny_files: a fixture)
-from translation_fixtures import make_translation_model, save_translation_model
+from translation_fixtures import make_translation_model, run_python, save_translation_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILE = ".scratchformers-run.lock"
@@ -338,15 +338,17 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_classify_reads_16_bit_images_as_the_pipeline_does(vit_dir, tmp_path, capsys):
-    """A 16-bit gray value of 40000 stays 40000 / 65535 (it became 255, white, before the processor)."""
+def test_classify_reads_16_bit_images_as_the_pipeline_does(vit_dir, tmp_path):
+    """The real command: a 16-bit gray value of 40000 stays 40000 / 65535 (it became 255, white, before the
+    processor, so the file was classified as a white image)."""
     gray16 = tmp_path / "gray16.png"
     Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(gray16)
     white = tmp_path / "white.png"
     Image.new("L", (16, 16), 255).save(white)
-    status, out, err = cli(["classify", vit_dir, gray16, white, "--top_k", "3"], capsys)
-    assert status == 0, err
-    rows = [line.split("\t") for line in out.strip().splitlines()]
+    result = run_python("-m scratchformers classify", tmp_path, args=(str(vit_dir), str(gray16), str(white), "--top_k",
+                                                                       "3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
     printed = {path: {label: score for image, label, score in rows if image == str(path)} for path in (gray16, white)}
     classifier = sf.ImageClassificationPipeline(model=sf.ScratchViTForImageClassification.from_pretrained(vit_dir),
                                                 image_processor=sf.ScratchViTImageProcessorPil.from_pretrained(vit_dir))
