@@ -488,3 +488,15 @@ def test_the_translation_model_names_inputs_it_cannot_run_on(inputs, message):
     with pytest.raises(ValueError, match=message):
         model(**inputs)
     model(input_ids=torch.tensor([[3, 4, 5]]), labels=torch.tensor([[3, 39, -100]]))  # -100 and the last id: fine
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(translator_dir, tmp_path):
+    """Ctrl-C during the seconds of importing torch and transformers printed a 29-63 line traceback. (On a machine
+    that imports faster, it lands while the command waits for stdin: status 130 and silence too.)"""
+    command = [sys.executable, "-m", "scratchformers", "translate", str(translator_dir)]
+    started = subprocess.Popen(command, cwd=tmp_path, env=script_env(tmp_path), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # inside the imports (they take seconds here)
+    started.send_signal(signal.SIGINT)
+    out, err = started.communicate(timeout=120)
+    assert started.returncode == 130 and err == "" and out == "", err[-2000:]

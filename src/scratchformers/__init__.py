@@ -9,7 +9,11 @@ Importing the package registers everything with transformers:
 - the ``"translation"`` pipeline that transformers 5 removed.
 """
 
-from transformers import (
+from .cli import exit_quietly_on_interrupt_while_starting
+
+exit_quietly_on_interrupt_while_starting()  # the `scratchformers` command: Ctrl-C while importing, no traceback
+
+from transformers import (  # noqa: E402
     AutoConfig,
     AutoImageProcessor,
     AutoModel,

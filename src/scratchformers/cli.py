@@ -18,7 +18,7 @@ knows (never the custom-code question), an unavailable ``--device``, stdin that 
 (UTF-8), a folder given as an image. ``classify`` reads images as the image-classification pipeline does (16-bit
 images at full precision); it reports an unreadable image (or one over Pillow's pixel limit: ``--max_image_pixels``)
 on its own line, goes on with the other images and exits with status 2 at the end, so every readable image is still
-classified.
+classified. Ctrl-C exits with status 130 and no traceback, also while the command is still importing torch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import codecs
 import os
 import pickle
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -39,6 +40,22 @@ from .input_checks import check_vocabulary_fits, check_weights_finite
 T = TypeVar("T")
 
 PROG = "scratchformers"
+
+
+def started_as_the_command() -> bool:
+    """Whether this process is the ``scratchformers`` command (the console script or ``python -m scratchformers``),
+    not a program that imports the package."""
+    if os.path.basename(sys.argv[0]) in (PROG, f"{PROG}.exe"):
+        return True
+    argv = getattr(sys, "orig_argv", [])  # ['python', '-m', 'scratchformers', ...]
+    return any(flag == "-m" and module == PROG for flag, module in zip(argv, argv[1:]))
+
+
+def exit_quietly_on_interrupt_while_starting() -> None:
+    """Ctrl-C while the command imports torch and transformers (seconds) ends it with status 130 and no traceback;
+    the package's ``__init__`` calls this first. ``main`` restores Python's own handling once it runs."""
+    if started_as_the_command():
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 
 class CLIError(Exception):
@@ -532,6 +549,8 @@ def report(error: CLIError) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    if started_as_the_command():  # Ctrl-C: KeyboardInterrupt again, exit status 130 below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         quiet_transformers()
