@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 import scratchformers as sf
 from scratchformers.cli import main as cli_main
 from test_training import RUN_PY, run, tiny_args, tiny_files  # noqa: F401  (tiny_files: a fixture)
+from output_dir import LOCK_FILE  # training/, on sys.path once run.py is loaded  # noqa: E402
 from translation_fixtures import make_translation_model, run_python, save_translation_model
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK_FILE = ".scratchformers-run.lock"
 # Few steps, no evaluation: what these tests need of a run is that it trains and saves.
 QUICK = ("--do_eval", "False", "--do_predict", "False", "--eval_strategy", "no", "--load_best_model_at_end", "False",
          "--num_samples", "0")
@@ -204,6 +204,19 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_the_same_command_resumes(ti
     monkeypatch.setattr(torch, "save", real_save)
     run.main(args)  # the disk has room again
     assert json.loads((out / "train_results.json").read_text())["train_resumed_from_step"] == 2
+
+
+def test_a_full_disk_before_any_complete_checkpoint_says_the_run_starts_over(tmp_path):
+    from trainer import SaveError, disk_full_explained  # training/, on sys.path once run.py is loaded
+
+    (tmp_path / "checkpoint-2").mkdir()  # half-written: no trainer_state.json
+    with pytest.raises(SaveError, match=f"while saving the final model in {tmp_path}.*: no checkpoint is complete: "
+                                        "it starts over"):
+        with disk_full_explained(str(tmp_path), "the final model"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="Permission denied"):  # other errors pass unchanged
+        with disk_full_explained(str(tmp_path), "the final model"):
+            raise OSError(errno.EACCES, "Permission denied")
 
 
 def test_a_full_disk_is_told_apart_from_other_save_errors():

@@ -34,8 +34,9 @@ RUN_FILES = (
 # A checkpoint holds one of these (whole or sharded weights).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
-# Held (flock) by the run that writes into output_dir; says which run that is. Removed when the run ends.
-LOCK_FILE = ".scratchformers-run.lock"
+# Held (flock) by the run that writes into output_dir; says which run that is. Removed when the run ends. The "_"
+# keeps it out of the Trainer's pushes to the hub (they skip "_*"), which happen while it is held.
+LOCK_FILE = "_scratchformers-run.lock"
 
 
 class OutputDirLock:
