@@ -8,7 +8,8 @@ Nothing here changes what a layer computes; it changes the order in which a kern
   On the CPU the weight is packed by oneDNN into its blocked layout for products of ``rows`` rows, or, where oneDNN
   measured slower (small float32 weights on a CPU without AVX-512, ``SMALL_WEIGHT``), copied transposed for MKL's
   ``addmm``. Under CPU bf16 autocast the copy is bf16 and the input is cast as autocast would cast it. int8 layers
-  (``Int8Linear``) are prepacked side by side.
+  (``Int8Linear``) read side by side are prepacked together; one int8 layer alone runs from the prepacked weight it
+  keeps for its own forward (its weights are frozen buffers; it remakes that copy when they are replaced).
 - ``WeightLayouts``: the copies of one ``generate`` call. This is the one weight-copy cache of fast decoding and its
   one staleness rule: a copy lives for the call that made it. The weights cannot change inside a call; between calls
   an optimizer may change them without a trace (fused AdamW writes parameters without bumping their version).
@@ -134,9 +135,12 @@ def _int8_product(layers: list[Int8Linear], activation: Optional[nn.Module]) -> 
     if torch.is_grad_enabled() or len({layer.bias is None for layer in layers}) != 1 or not all(
             layer.weight.device.type == "cpu" and runs_as_written(layer) for layer in layers):
         return None
-    bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
-    packed = Int8Linear.prepack(torch.cat([layer.weight for layer in layers]),
-                                torch.cat([layer.weight_scale for layer in layers]), bias)
+    if len(layers) == 1:  # the layer's own prepacked weight, which its forward uses (int8 weights are frozen)
+        packed = layers[0].packed_weight()
+    else:
+        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+        packed = Int8Linear.prepack(torch.cat([layer.weight for layer in layers]),
+                                    torch.cat([layer.weight_scale for layer in layers]), bias)
     product = Int8Linear.packed_product(packed)
     return product if activation is None else (lambda x: activation(product(x)))
 
