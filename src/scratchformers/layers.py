@@ -323,7 +323,7 @@ class MultiHeadAttention(nn.Module):
     def attention_function(self, output_attentions: bool = False) -> Callable:
         """The one place the kernel is chosen: the config's ``attn_implementation`` for this scoring, eager when the
         weights are asked for (fused kernels do not return them), passed through ``kernel_wrapper`` if a model set
-        one (the decoder's cross-attention: ``rewrites.shared_source_rows``)."""
+        one (none of the package's models does)."""
         implementation = self.config._attn_implementation
         if output_attentions and self.scoring == "scaled_dot":
             implementation = "eager"
