@@ -40,7 +40,7 @@ def test_reading_a_saved_config_loads_no_model_code(tmp_path):
     package = tmp_path / "saved_code"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in ("configuration_transformer", "configuration_vit", "config_checks", "remote_code"):
+    for name in ("configuration_transformer", "configuration_vit", "config_checks", "input_checks", "remote_code"):
         shutil.copy(PACKAGE / f"{name}.py", package)
     result = run_without_package(f"""
         import sys
@@ -54,7 +54,7 @@ def test_reading_a_saved_config_loads_no_model_code(tmp_path):
     """, tmp_path)
     assert result.stdout.split("\n")[-2] == str([f"saved_code.{name}" for name in
                                                  ("config_checks", "configuration_transformer", "configuration_vit",
-                                                  "remote_code")])
+                                                  "input_checks", "remote_code")])
 
 
 @pytest.mark.parametrize("check, args, message", [
