@@ -157,10 +157,14 @@ def test_text_generation_run_reports_perplexity_beside_the_baselines_and_samples
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "baselines on the same tokens: bigram" in printed
     assert printed.count("  prompt:    ") == 2
-    # The evaluation covers every block: (blocks) x (block_size - 1) predicted tokens each, exactly.
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, pipeline
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.use_cache and model.generation_config.do_sample
+    # The pipeline encodes a prompt with the tokenizer's defaults: no </s> after it (it would start a new text).
+    generator = pipeline("text-generation", model=str(out), trust_remote_code=True)
+    prompt_ids = generator.preprocess("Paragraph 1 says")["input_ids"][0].tolist()
+    assert prompt_ids == generator.tokenizer("Paragraph 1 says", add_special_tokens=False)["input_ids"]
+    assert generator.tokenizer.eos_token_id not in prompt_ids
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -10,8 +10,8 @@ import math
 from collections import Counter
 from typing import Any, Iterable, Optional, Sequence
 
-import torch
 import transformers
+from tokenizers import processors
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from scratchformers import train_tokenizer
@@ -68,7 +68,11 @@ def get_lm_tokenizer(model_args, train_texts: Sequence[str], block_size: int, re
         logger.info(f"Loading the tokenizer from {source}")
         return AutoTokenizer.from_pretrained(source, cache_dir=model_args.cache_dir)
     logger.info(f"Training a {model_args.vocab_size}-token BPE tokenizer on {len(train_texts)} training texts")
-    return train_tokenizer(train_texts, vocab_size=model_args.vocab_size, model_max_length=block_size)
+    tokenizer = train_tokenizer(train_texts, vocab_size=model_args.vocab_size, model_max_length=block_size)
+    # Encoding adds nothing, as GPT-2's tokenizer: pipeline("text-generation") encodes a prompt with the tokenizer's
+    # defaults, and a prompt ending in </s> would be continued as a new text. The packing adds </s> between rows.
+    tokenizer.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
 
 
 def tokenize_and_pack(raw, tokenizer, block_size: int, data_args, training_args) -> dict:
