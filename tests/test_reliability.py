@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import scratchformers as sf
 from scratchformers.cli import main as cli_main
 from test_training import RUN_PY, run, tiny_args, tiny_files  # noqa: F401  (tiny_files: a fixture)
-from output_dir import LOCK_FILE  # training/, on sys.path once run.py is loaded  # noqa: E402
+from output_dir import LOCK_FILE, checkpoint_problem  # training/, on sys.path once run.py is loaded  # noqa: E402
 from translation_fixtures import make_translation_model, run_python, save_translation_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,8 @@ def test_two_real_runs_on_one_output_dir(tiny_files, tmp_path):
     victim = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=script_env(tmp_path),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoint-10").is_dir() and victim.poll() is None and time.time() < deadline:
+    # Killed once checkpoint-10 is complete: a kill while it is being written would (rightly) start the run over.
+    while checkpoint_problem(killed / "checkpoint-10") and victim.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
