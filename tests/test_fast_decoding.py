@@ -304,6 +304,15 @@ def test_fast_decoding_of_a_bf16_model_gives_the_reference_tokens(monkeypatch):
     assert counter.calls > 0
 
 
+def tiny_lm(seed: int = 0, **overrides) -> sf.ScratchTransformerForCausalLM:
+    torch.manual_seed(seed)
+    config = sf.ScratchTransformerLMConfig(
+        vocab_size=40, d_model=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, dropout=0.0,
+        attention_dropout=0.0, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        init_std=0.3, **overrides)
+    return sf.ScratchTransformerForCausalLM(config).eval()
+
+
 LM_VARIANTS = {
     "gpt2 (pre-norm, learned positions, gelu)": dict(),
     "rotary, swiglu, rmsnorm, qk-norm, gqa": dict(position_embedding="rotary", activation_function="swiglu",
@@ -316,12 +325,7 @@ LM_VARIANTS = {
                          ids=["greedy", "beam", "sampling"])
 def test_a_decoder_only_model_decodes_fast_to_the_reference_tokens_on_left_padding(variant, mode, monkeypatch):
     """The same FastDecoder serves a stack without cross-attention: padded keys masked, positions from the mask."""
-    torch.manual_seed(0)
-    config = sf.ScratchTransformerLMConfig(
-        vocab_size=40, d_model=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, dropout=0.0,
-        attention_dropout=0.0, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        init_std=0.3, **LM_VARIANTS[variant])
-    model = sf.ScratchTransformerForCausalLM(config).eval()
+    model = tiny_lm(**LM_VARIANTS[variant])
     input_ids = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :3] = 0
@@ -331,6 +335,64 @@ def test_a_decoder_only_model_decodes_fast_to_the_reference_tokens_on_left_paddi
                            attention_mask=attention_mask, max_new_tokens=8, min_new_tokens=8, **mode)
     assert counter.calls > 0
     assert torch.equal(reference, fast)
+
+
+def left_padded_prompts(lengths: tuple[int, ...] = (9, 5, 1, 7), width: int = 9) -> dict[str, torch.Tensor]:
+    """Prompts of ``lengths`` tokens, left-padded to ``width``."""
+    input_ids = torch.randint(3, 40, (len(lengths), width), generator=torch.Generator().manual_seed(1))
+    attention_mask = (torch.arange(width)[None] >= width - torch.tensor(lengths)[:, None]).long()
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask}
+
+
+LM_SEARCHES = {
+    "greedy": dict(num_beams=1, do_sample=False),
+    "beam4": dict(num_beams=4, do_sample=False),
+    "sampling": dict(do_sample=True, top_k=8, num_return_sequences=2),
+}
+
+
+@pytest.mark.parametrize("lengths", [(9, 5, 1, 7), (9, 9, 9, 9)], ids=["left-padded", "unpadded"])
+@pytest.mark.parametrize("variant", LM_VARIANTS)
+@pytest.mark.parametrize("search", LM_SEARCHES.values(), ids=LM_SEARCHES)
+def test_the_prompt_pass_gives_the_reference_tokens_logits_and_cache(variant, search, lengths):
+    """The whole prompt in one pass (prompts of different lengths, left-padded): the same tokens, the same logits at
+    every step (the first from the prompt pass), and the same keys and values at every real position of the
+    returned cache."""
+    model, prompts = tiny_lm(**LM_VARIANTS[variant]), left_padded_prompts(lengths)
+    kwargs = dict(**prompts, max_new_tokens=6, min_new_tokens=6, **search)
+    reference, fast = decode(model, "reference", **kwargs), decode(model, "fast", **kwargs)
+    assert torch.equal(fast.sequences, reference.sequences)
+    torch.testing.assert_close(torch.stack(fast.logits), torch.stack(reference.logits), atol=1e-5, rtol=0)
+    fast_cache, reference_cache = cache_of(fast), cache_of(reference)
+    mask = prompts["attention_mask"]
+    mask = mask.repeat_interleave(fast_cache.layers[0].keys.shape[0] // len(mask), 0)  # beams, returned sequences
+    generated = fast_cache.layers[0].keys.shape[2] - mask.shape[1]  # the last token is never fed
+    real = torch.cat([mask, mask.new_ones(mask.shape[0], generated)], dim=1).bool()
+    for fast_layer, reference_layer in zip(fast_cache.layers, reference_cache.layers, strict=True):
+        for name in ("keys", "values"):
+            torch.testing.assert_close(getattr(fast_layer, name).transpose(1, 2)[real],
+                                       getattr(reference_layer, name).transpose(1, 2)[real], atol=1e-5, rtol=0)
+
+
+def test_the_prompt_is_one_pass_of_the_fast_step(monkeypatch):
+    """A 9-token prompt and 6 new tokens: 6 passes of ``FastDecoder``, the first over the whole prompt, each later one
+    over the token chosen last; the seq2seq decoder's first pass is its start token."""
+    widths = []
+    original = FastDecoder._step
+
+    def counted(decoder, tokens):
+        widths.append(tokens.shape[1])
+        return original(decoder, tokens)
+
+    monkeypatch.setattr(FastDecoder, "_step", counted)
+    model = tiny_lm(forward_implementation="fast")
+    for search in LM_SEARCHES.values():
+        widths.clear()
+        model.generate(**left_padded_prompts(), max_new_tokens=6, min_new_tokens=6, **search)
+        assert widths == [9, 1, 1, 1, 1, 1]
+    widths.clear()
+    tiny(forward_implementation="fast").generate(**sources(), max_new_tokens=4, min_new_tokens=4)
+    assert widths == [1, 1, 1, 1]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fast decoding: the decoder's one-token step written out, one of the two steppers of ``decoding.py``.
+"""Fast decoding: the decoder's step written out, one of the two steppers of ``decoding.py``.
 
 An exact, opt-in twin of the reference step (``config.forward_implementation = "fast"``): ``FastDecoder`` has the
 stepper interface of ``decoding.ModelStepper`` (``step``, ``reorder``, ``keep``) and computes the same logits as
@@ -9,6 +9,9 @@ beams, scores) runs over it unchanged. Where the step does not cover the model o
 
 What the written-out step saves, per generated token:
 
+- the prompt's steps: the first step feeds the whole prompt in one pass (each position attends to itself and the
+  earlier ones, causal mask within the prompt), filling the cache for every prompt position; every later step
+  feeds one token;
 - the module tree's bookkeeping: the output recorders, ``ModelOutput``s, transformers' ``Cache`` objects,
   ``prepare_inputs_for_generation`` and the masks rebuilt at every step;
 - growing the self-attention cache: keys and values go into buffers of the final length, allocated once;
@@ -109,7 +112,8 @@ def rows_per_source(encoder_hidden_states: torch.Tensor, encoder_attention_mask:
 
 
 class FastDecoder:
-    """The decoder and LM head for one token per row, over buffers sized for the whole generation.
+    """The decoder and LM head for the tokens not fed yet (the prompt, then one per step), over buffers sized for
+    the whole generation.
 
     ``encoder_hidden_states`` / ``encoder_attention_mask``: as ``generate`` hands them (one row per decoder row);
     the rows of a source share one copy (``rows_per_source``). ``attention_mask``: a decoder-only model's prompt
@@ -141,8 +145,9 @@ class FastDecoder:
             self.cross = [self._source_keys_values(layer.cross_attn, sources) for layer in self.layers]
             if encoder_attention_mask is not None:  # [sources, 1, 1, S]: 0 where a key may be attended
                 self.cross_mask = _additive(encoder_attention_mask[::k][:, None, None, :], sources.dtype)
-        device = next(model.parameters()).device
-        dtype = encoder_hidden_states.dtype if encoder_hidden_states is not None else decoder.embeddings.embed_tokens.weight.dtype
+        self.device = device = next(model.parameters()).device
+        self.dtype = dtype = (encoder_hidden_states.dtype if encoder_hidden_states is not None
+                              else decoder.embeddings.embed_tokens.weight.dtype)
         # Decoder-only left padding: padded keys masked, positions counted from each row's first real token.
         self.key_mask, self.offsets = None, None
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -160,17 +165,17 @@ class FastDecoder:
         self.place_of: Optional[torch.Tensor] = None  # row -> its place among the computed rows
         self.plan = [self._plan_layer(i, layer) for i, layer in enumerate(self.layers)]
         self.lm_head = self.layouts.call(model.get_output_embeddings(), rows)
+        # This pass: its number of new tokens per row, their positions (``_step``) and its attention mask.
+        self.new, self.at, self.mask = 1, None, None
 
     # ----------------------------------------------------------------------------------------------------------
     # The stepper interface
     # ----------------------------------------------------------------------------------------------------------
     def step(self, input_ids: torch.Tensor, log_softmax: bool = False) -> torch.Tensor:
         """The next token's logits ``[rows, vocab]`` (float32) after ``input_ids`` ``[rows, length]``, feeding the
-        tokens not fed yet; with ``log_softmax`` their log-probabilities (computed for the computed rows only).
-        Rows left out by ``keep`` get zeros."""
-        while self.length < input_ids.shape[1] - 1:  # the decoder prompt, one token per step
-            self._step(self._computed_rows(input_ids[:, self.length]))
-        logits = self._step(self._computed_rows(input_ids[:, -1]))
+        tokens not fed yet in one pass (the whole prompt at the first call); with ``log_softmax`` their
+        log-probabilities (computed for the computed rows only). Rows left out by ``keep`` get zeros."""
+        logits = self._step(self._computed_rows(input_ids[:, self.length :]))
         if log_softmax:
             logits = nn.functional.log_softmax(logits, dim=-1)
         if self.computed is None:
@@ -267,42 +272,41 @@ class FastDecoder:
         return lambda x: [linear(x) for linear in linears]
 
     def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """``[N, T·h·D]`` rows -> ``[N, h, T, D]``."""
-        return x.view(x.shape[0], -1, heads, self.head_dim).transpose(1, 2)
+        """``[N·T, h·D]`` rows (``T`` new tokens per row) -> ``[N, h, T, D]``."""
+        return x.view(-1, self.new, heads, self.head_dim).transpose(1, 2)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotary is None:
             return x
         cos, sin = self.rotary
-        if self.offsets is None:
-            return apply_rotary(x, cos[self.length : self.length + 1], sin[self.length : self.length + 1])
-        positions = (self.length - self.offsets).clamp(min=0)
-        return apply_rotary(x, cos[positions][:, None, None], sin[positions][:, None, None])
+        if self.offsets is None:  # [T, D] positions shared by every row
+            return apply_rotary(x, cos[self.at], sin[self.at])
+        return apply_rotary(x, cos[self.at][:, None], sin[self.at][:, None])  # [N, 1, T, D]
 
     def _self_attention_of(self, i: int, attention: MultiHeadAttention) -> Callable:
-        """Causal self-attention of this step's token to itself and the earlier ones (cached)."""
+        """Causal self-attention of this pass's tokens to themselves and the earlier ones (cached)."""
         projections, out_proj = self._projections(attention), self.layouts.call(attention.out_proj, self.rows)
         groups = self.heads // self.kv_heads
 
         def self_attention(x: torch.Tensor) -> torch.Tensor:
             query, key, value = projections(x)
-            query = self._split(query, self.heads)  # [N, h, 1, D]
+            query = self._split(query, self.heads)  # [N, h, T, D]
             key, value = self._split(key, self.kv_heads), self._split(value, self.kv_heads)
             if attention.q_norm is not None:
                 query, key = attention.q_norm(query), attention.k_norm(key)
             query, key = self._rotate(query), self._rotate(key)
-            t = self.length
+            end = self.length + self.new
             if self.keys is None:
                 self.keys, self.values = key.new_empty(self.cache_shape), value.new_empty(self.cache_shape)
-            self.keys[i, :, :, t : t + 1] = key
-            self.values[i, :, :, t : t + 1] = value
-            keys = repeat_key_value_heads(self.keys[i, :, :, : t + 1], groups)
-            values = repeat_key_value_heads(self.values[i, :, :, : t + 1], groups)
+            self.keys[i, :, :, self.length : end] = key
+            self.values[i, :, :, self.length : end] = value
+            keys = repeat_key_value_heads(self.keys[i, :, :, :end], groups)
+            values = repeat_key_value_heads(self.values[i, :, :, :end], groups)
             scores = torch.matmul(query, keys.transpose(-1, -2)) * attention.scaling
-            if self.key_mask is not None:
-                scores = scores + self.key_mask[..., : t + 1]
-            heads = torch.matmul(torch.softmax(scores, dim=-1), values)  # [N, h, 1, D]
-            return out_proj(heads.view(x.shape[0], -1))
+            if self.mask is not None:
+                scores = scores + self.mask
+            heads = torch.matmul(torch.softmax(scores, dim=-1), values)  # [N, h, T, D]
+            return out_proj(heads.transpose(1, 2).reshape(x.shape[0], -1))
 
         return self_attention
 
@@ -324,18 +328,19 @@ class FastDecoder:
         return key.transpose(-1, -2).contiguous(), value.contiguous()
 
     def _cross_attention_of(self, i: int, attention: MultiHeadAttention) -> Callable:
-        """Attention to the source: the ``k`` rows of a source are that source's ``k`` query positions."""
+        """Attention to the source: the ``k`` rows of a source (``T`` tokens each) are that source's ``k·T`` query
+        positions."""
         q_proj, out_proj = self.layouts.call(attention.q_proj, self.rows), self.layouts.call(attention.out_proj, self.rows)
 
         def cross_attention(x: torch.Tensor) -> torch.Tensor:
             key_t, value = self.cross[i]  # [sources, h, D, S], [sources, h, S, D]
-            query = q_proj(x).view(value.shape[0], self.rows_per_source, self.heads, self.head_dim).transpose(1, 2)
+            query = q_proj(x).view(value.shape[0], -1, self.heads, self.head_dim).transpose(1, 2)
             if attention.q_norm is not None:
                 query = attention.q_norm(query)
             scores = torch.matmul(query, key_t) * attention.scaling
             if self.cross_mask is not None:
                 scores = scores + self.cross_mask
-            heads = torch.matmul(torch.softmax(scores, dim=-1), value)  # [sources, h, k, D]
+            heads = torch.matmul(torch.softmax(scores, dim=-1), value)  # [sources, h, k·T, D]
             return out_proj(heads.transpose(1, 2).reshape(x.shape[0], -1))
 
         return cross_attention
@@ -350,18 +355,41 @@ class FastDecoder:
         fc2 = self.layouts.call(ffn.fc2, self.rows)
         return lambda x: fc2(hidden(x))
 
+    def _attention_mask(self) -> Optional[torch.Tensor]:
+        """This pass's additive self-attention mask over the keys fed so far (broadcast to the scores
+        ``[N, h, T, length + T]``), or None:
+        padded keys (left padding), and, where the pass feeds several tokens, each token's later ones. Set with
+        ``masked_fill``, not added, so that a padding query that may attend nothing stays finite."""
+        end = self.length + self.new
+        mask = None if self.key_mask is None else self.key_mask[..., :end]
+        if self.new == 1:
+            return mask
+        later = torch.ones(self.new, end, dtype=torch.bool, device=self.device).triu(self.length + 1)
+        if mask is None:
+            return _additive(~later, self.dtype)
+        return mask.masked_fill(later, torch.finfo(mask.dtype).min)
+
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One pass over ``tokens`` ``[N, T]`` (the ``T`` tokens after the ``length`` fed): fills their keys and
+        values, returns the logits after the last one."""
+        self.new = tokens.shape[1]
+        if self.offsets is None:  # positions length ... length + T - 1, shared by every row
+            self.at = slice(self.length, self.length + self.new)
+        else:  # [N, T]: counted from each row's first real token; padding at 0, as the reference's position_ids
+            positions = torch.arange(self.length, self.length + self.new, device=tokens.device)
+            self.at = (positions - self.offsets[:, None]).clamp(min=0)
+        self.mask = self._attention_mask()
         embeddings = self.decoder.embeddings
         x = embeddings.embed_tokens(tokens) * embeddings.embed_scale
         if self.positions is not None:
-            if self.offsets is None:
-                x = x + self.positions[self.length]
-            else:
-                x = x + self.positions[(self.length - self.offsets).clamp(min=0)]
+            x = x + self.positions[self.at]
+        x = x.reshape(-1, x.shape[-1])  # [N·T, d]: every sublayer but attention works row by row
         for sublayers in self.plan:
             for sublayer in sublayers:
                 x = sublayer(x)
-        self.length += 1
+        if self.new > 1:
+            x = x.view(-1, self.new, x.shape[-1])[:, -1]
+        self.length += self.new
         return self.lm_head(self.decoder.final_norm(x)).float()
 
 
