@@ -161,7 +161,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not _has_accelerator(),
     ddp_timeout=600,  # seconds a process waits for the others (transformers: 1800) before the run fails
 )
-LM_STEPS = 1500  # the default text-generation run: about 12 minutes on a 2-core CPU (training/RECIPES.md)
+LM_STEPS = 1200  # the default text-generation run: about 10 minutes on a 2-core CPU alone (training/RECIPES.md)
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(
         COMMON_DEFAULTS, output_dir="outputs/translation", max_steps=2500, eval_steps=500, save_steps=500,
