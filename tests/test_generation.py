@@ -258,6 +258,12 @@ def test_model_generation_config_routes_and_round_trips(model, sources, tmp_path
         (dict(num_beams=4, force_words_ids=[[]]), "non-empty"),
         (dict(num_beams=4, force_words_ids=[[3, -1]]), "non-negative"),
         (dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, force_words_ids=[[3]]), "num_beam_groups"),
+        # Before: ZeroDivisionError / a negative tensor dimension / IndexError from inside the search.
+        (dict(num_beams=0), r"num_beams=0: it must be a whole number >= 1"),
+        (dict(num_beams=-2), r"num_beams=-2: it must be a whole number >= 1"),
+        (dict(generation_config=GenerationConfig(num_beams=0)), r"num_beams=0"),
+        (dict(num_beams=4, force_words_ids=[[3, 900]]), r"token ids \[900\] outside the model's vocabulary of \d+"),
+        (dict(num_beams=4, force_words_ids=[[[3], [900, 901]]]), r"token ids \[900, 901\] outside"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(model, sources, settings, message):

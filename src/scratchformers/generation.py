@@ -769,6 +769,13 @@ def constrained_beam_search(
     if (config.num_beam_groups or 1) > 1:
         raise ValueError("Constrained beam search cannot be combined with num_beam_groups > 1.")
     constraints = build_constraints(config.force_words_ids, config.constraints)
+    vocab_size = model.config.vocab_size
+    outside = sorted({t for c in constraints for phrase in c.phrases for t in phrase if t >= vocab_size})
+    if outside:
+        raise ValueError(
+            f"force_words_ids / constraints hold token ids {outside[:5]} outside the model's vocabulary of "
+            f"{vocab_size} tokens; encode the words with the model's own tokenizer."
+        )
     return BeamSearch(
         model, input_ids, logits_processor, stopping_criteria, config, synced_gpus,
         num_groups=1, diversity_penalty=0.0, constraints=constraints, model_kwargs=model_kwargs,
@@ -778,6 +785,17 @@ def constrained_beam_search(
 # --------------------------------------------------------------------------------------------------------------
 # Routing: transformers-4 arguments reach these functions by themselves
 # --------------------------------------------------------------------------------------------------------------
+def _argument(name: str, generation_kwargs: dict, *generation_configs):
+    """A generation argument as ``generate`` resolves it: the call's keyword first, then each generation config in
+    turn (the first not None)."""
+    if generation_kwargs.get(name) is not None:
+        return generation_kwargs[name]
+    for config in generation_configs:
+        if config is not None and getattr(config, name, None) is not None:
+            return getattr(config, name)
+    return None
+
+
 def offline_decoding_function(generation_kwargs: dict, *generation_configs):
     """The callable for the generation arguments if they ask for a mode core transformers 5 left out, else None.
 
@@ -786,12 +804,7 @@ def offline_decoding_function(generation_kwargs: dict, *generation_configs):
     """
 
     def value(name):
-        if generation_kwargs.get(name) is not None:
-            return generation_kwargs[name]
-        for config in generation_configs:
-            if config is not None and getattr(config, name, None) is not None:
-                return getattr(config, name)
-        return None
+        return _argument(name, generation_kwargs, *generation_configs)
 
     if value("force_words_ids") is not None or value("constraints") is not None:
         return constrained_beam_search
@@ -822,6 +835,9 @@ class ScratchGenerationMixin(GenerationMixin):
 
     def generate(self, *args, **kwargs) -> GenerateOutput | torch.LongTensor:
         call = _GENERATE_SIGNATURE.bind(self, *args, **kwargs)
+        num_beams = _argument("num_beams", kwargs, call.arguments.get("generation_config"), self.generation_config)
+        if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+            raise ValueError(f"num_beams={num_beams!r}: it must be a whole number >= 1 (1 is greedy search or sampling).")
         if call.arguments.get("custom_generate") is None:
             generation_config = call.arguments.get("generation_config")
             function = offline_decoding_function(kwargs, generation_config, self.generation_config)
