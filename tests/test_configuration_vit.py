@@ -12,7 +12,7 @@ def test_defaults_are_vit_base_patch16_224():
     config = sf.ScratchViTConfig()
     assert (config.image_size, config.patch_size, config.num_channels) == (224, 16, 3)
     assert (config.d_model, config.num_layers, config.num_heads, config.ffn_dim) == (768, 12, 12, 3072)
-    assert (config.activation, config.norm_type, config.norm_position, config.pooling) == ("gelu", "layernorm", "pre", "cls")
+    assert (config.activation_function, config.norm_type, config.norm_position, config.pooling) == ("gelu", "layernorm", "pre", "cls")
     assert config.layer_norm_eps == 1e-12 and config.qkv_bias is True
     assert config.num_patches == 196
     # transformers' generic names read our fields (Trainer, accelerate and pipelines use them)
@@ -28,7 +28,7 @@ def test_defaults_are_vit_base_patch16_224():
         ({"d_model": 100, "num_heads": 12}, "num_heads"),
         ({"num_layers": -1}, "num_layers"),
         ({"ffn_dim": 1.5}, "ffn_dim"),
-        ({"activation": "tanh"}, "activation"),
+        ({"activation_function": "tanh"}, "activation_function"),
         ({"pooling": "max"}, "pooling"),
         ({"norm_type": "batchnorm"}, "norm_type"),
         ({"norm_position": "middle"}, "norm_position"),
@@ -69,3 +69,15 @@ def test_a_config_of_another_model_type_is_refused(tmp_path):
     sf.ScratchTransformerConfig(vocab_size=40, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="scratch_transformer"):
         sf.ScratchViTConfig.from_pretrained(tmp_path)
+
+
+def test_activation_is_spelled_as_in_the_seq2seq_config_and_the_old_spelling_still_loads(tmp_path):
+    """`activation_function`, as ScratchTransformerConfig / ScratchTransformerLMConfig (and Marian) spell it; configs
+    saved with this config's earlier field `activation` and code passing `activation=` keep working."""
+    assert sf.ScratchViTConfig(activation="silu").activation_function == "silu"
+    saved = sf.ScratchViTConfig(activation_function="relu").to_dict()
+    assert saved["activation_function"] == "relu" and "activation" not in saved
+    saved["activation"] = saved.pop("activation_function")
+    assert sf.ScratchViTConfig.from_dict(saved).activation_function == "relu"
+    with pytest.raises(ValueError, match="activation_function='tanh'"):
+        sf.ScratchViTConfig(activation="tanh")

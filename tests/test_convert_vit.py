@@ -61,7 +61,7 @@ def test_config_and_labels_are_carried_over():
     config = ours.config
     assert (config.image_size, config.patch_size, config.num_channels) == (32, 8, 1)
     assert (config.d_model, config.num_layers, config.num_heads, config.ffn_dim) == (48, 3, 4, 96)
-    assert (config.activation, config.norm_position, config.pooling) == ("relu", "pre", "cls")
+    assert (config.activation_function, config.norm_position, config.pooling) == ("relu", "pre", "cls")
     assert config.id2label == {0: "a", 1: "b"} and config._attn_implementation == "sdpa"
     x = pixels(channels=1)
     with torch.no_grad():

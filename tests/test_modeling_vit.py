@@ -85,7 +85,7 @@ def test_hidden_states_are_embeddings_plus_one_per_layer():
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"norm_position": "post"}, {"norm_type": "rmsnorm"}, {"qkv_bias": False}, {"activation": "relu", "pooling": "mean"},
+    [{}, {"norm_position": "post"}, {"norm_type": "rmsnorm"}, {"qkv_bias": False}, {"activation_function": "relu", "pooling": "mean"},
      {"patch_embedding": "convolutional"}],
 )
 def test_variants_train(variant):
@@ -361,8 +361,8 @@ def test_set_input_embeddings_replaces_the_patch_embedding():
 
 VARIANTS = {
     "rotary": dict(position_embedding="rotary"),
-    "swiglu": dict(activation="swiglu"),
-    "geglu": dict(activation="geglu"),
+    "swiglu": dict(activation_function="swiglu"),
+    "geglu": dict(activation_function="geglu"),
     "qk_norm": dict(qk_norm=True),
     "gqa": dict(num_key_value_heads=2),
     "convolutional_stem": dict(patch_embedding="convolutional", stem_channels=4),

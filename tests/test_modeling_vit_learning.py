@@ -13,7 +13,7 @@ import scratchformers as sf
 VARIANTS = {
     "paper": {},
     "rotary": dict(position_embedding="rotary"),
-    "swiglu": dict(activation="swiglu"),
+    "swiglu": dict(activation_function="swiglu"),
     "qk_norm": dict(qk_norm=True),
     "gqa": dict(num_key_value_heads=1),
 }

@@ -249,7 +249,7 @@ def test_the_later_papers_variants_load_with_trust_remote_code_where_the_package
     variants = dict(position_embedding="rotary", qk_norm=True, num_key_value_heads=2)
     seq2seq = sf.ScratchTransformerForConditionalGeneration(
         tiny_transformer_config(activation_function="swiglu", **variants)).eval()
-    vit = tiny_vit(activation="swiglu", **variants)
+    vit = tiny_vit(activation_function="swiglu", **variants)
     seq2seq.save_pretrained(tmp_path / "seq2seq")
     vit.save_pretrained(tmp_path / "vit")
     torch.save({"batch": padded_batch, "pixels": pixels()}, tmp_path / "inputs.pt")

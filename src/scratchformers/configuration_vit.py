@@ -46,7 +46,8 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         num_layers: number of stacked encoder layers.
         num_heads: heads per multi-head attention (must divide d_model).
         ffn_dim: hidden width of the MLP (4 · d_model in the paper).
-        activation: "gelu" (paper), "relu", "silu", or the gated "swiglu" / "geglu".
+        activation_function: "gelu" (paper), "relu", "silu", or the gated "swiglu" / "geglu" (the seq2seq and
+            causal-LM configs' name; ``activation``, this config's earlier spelling, is still read).
         dropout: dropout on embeddings and sublayer outputs; attention_dropout on attention weights.
         drop_path_rate: stochastic depth; layer ``i`` drops its residual branches with probability
             ``drop_path_rate · i / (num_layers - 1)`` (linearly increasing, as in DeiT / timm).
@@ -74,6 +75,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         "num_attention_heads": "num_heads",
         "num_hidden_layers": "num_layers",
         "intermediate_size": "ffn_dim",
+        "activation": "activation_function",  # the earlier spelling: old config.json files and keyword arguments
     }
 
     def __init__(
@@ -87,7 +89,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         num_layers: int = 12,
         num_heads: int = 12,
         ffn_dim: int = 3072,
-        activation: str = "gelu",
+        activation_function: str = "gelu",
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -114,7 +116,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim
-        self.activation = activation
+        self.activation_function = activation_function
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.drop_path_rate = drop_path_rate
@@ -173,7 +175,7 @@ class ScratchViTConfig(ModelTypeCheckMixin, PreTrainedConfig):
         check_choice("position_embedding", self.position_embedding, VIT_POSITION_EMBEDDINGS)
         check_key_value_heads(self.num_key_value_heads, num_heads=self.num_heads)
         check_rotary(self.position_embedding, self.d_model, num_heads=self.num_heads)
-        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation_function", self.activation_function, ACTIVATIONS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
         check_choice("forward_implementation", self.forward_implementation, FORWARD_IMPLEMENTATIONS)

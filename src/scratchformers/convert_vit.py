@@ -40,7 +40,7 @@ def vit_config_to_scratch(vit_config) -> ScratchViTConfig:
         num_layers=vit_config.num_hidden_layers,
         num_heads=vit_config.num_attention_heads,
         ffn_dim=vit_config.intermediate_size,
-        activation=vit_config.hidden_act,
+        activation_function=vit_config.hidden_act,
         dropout=vit_config.hidden_dropout_prob,
         attention_dropout=vit_config.attention_probs_dropout_prob,
         drop_path_rate=0.0,

@@ -159,7 +159,7 @@ class ScratchViTLayer(GradientCheckpointingLayer):
             layer_idx=layer_idx, out_bias=True, num_key_value_heads=config.num_key_value_heads, qk_norm=config.qk_norm,
         )
         self.self_attn_add_norm = add_norm()
-        self.ffn = make_feed_forward(d, config.ffn_dim, config.activation)
+        self.ffn = make_feed_forward(d, config.ffn_dim, config.activation_function)
         self.ffn_add_norm = add_norm()
 
     def forward(
