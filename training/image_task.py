@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from scratchformers import ScratchViTConfig, make_image_processor
 from scratchformers.data import load_image_dataset
@@ -16,9 +16,7 @@ from scratchformers.metrics import accuracy_compute_metrics
 
 from augmentation import RandomAffine
 from output_dir import resolve_resume
-from task_setup import (
-    Job, apply_config_overrides, check_architecture_flags, select_samples, trainer_datasets,
-)
+from task_setup import Job, build_model, select_samples, trainer_datasets
 from trainer import ScratchTrainer
 
 logger = logging.getLogger(__name__)
@@ -37,27 +35,15 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_vit(model_args, labels: list[str], num_channels: int, resume_from: Optional[str]):
-    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     id2label = {i: name for i, name in enumerate(labels)}
     label2id = {name: i for i, name in id2label.items()}
-    check_architecture_flags(model_args, resume_from)
-    if model_args.model_name_or_path:
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, cache_dir=model_args.cache_dir, **kwargs,
-        )
-    else:
-        if resume_from:
-            config = AutoConfig.from_pretrained(resume_from)
-        else:
-            config = ScratchViTConfig(
-                **VIT_PRESETS[model_args.model_size], num_channels=num_channels, num_labels=len(labels),
-                id2label=id2label, label2id=label2id,
-            )
-            config = apply_config_overrides(config, model_args.config_overrides)
-        model = AutoModelForImageClassification.from_config(config, **kwargs)
-    model.config.forward_implementation = model_args.forward_implementation
-    return model
+
+    def new_config() -> ScratchViTConfig:
+        return ScratchViTConfig(**VIT_PRESETS[model_args.model_size], num_channels=num_channels,
+                                num_labels=len(labels), id2label=id2label, label2id=label2id)
+
+    return build_model(AutoModelForImageClassification, model_args, resume_from, new_config, num_labels=len(labels),
+                       id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
 
 
 def prepare_image_classification(model_args, data_args, training_args, last_checkpoint) -> Job:

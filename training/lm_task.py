@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import transformers
 from tokenizers import processors
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from scratchformers import train_tokenizer
 from scratchformers.configuration_causal_lm import ScratchTransformerLMConfig
@@ -21,9 +21,7 @@ from scratchformers.tokenization import check_tokenizer_matches
 
 from model_card import CARD_TASKS, CardTask
 from output_dir import resolve_resume
-from task_setup import (
-    Job, apply_config_overrides, check_architecture_flags, refuse_image_augmentation, select_samples, trainer_datasets,
-)
+from task_setup import Job, build_model, refuse_image_augmentation, select_samples, trainer_datasets
 from trainer import ScratchTrainer
 
 logger = logging.getLogger(__name__)
@@ -164,27 +162,17 @@ class BigramBaseline:
 # The model and the job
 # --------------------------------------------------------------------------------------------------------------
 def build_lm(model_args, block_size: int, tokenizer, resume_from: Optional[str]):
-    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    check_architecture_flags(model_args, resume_from)
-    if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                                                     **kwargs)
-    else:
-        if resume_from:  # the architecture of the checkpoint, whatever the preset flags say now
-            config = AutoConfig.from_pretrained(resume_from)
-        else:
-            config = ScratchTransformerLMConfig(
-                **LM_PRESETS[model_args.model_size], vocab_size=len(tokenizer),
-                max_position_embeddings=max(block_size, 256), pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            config = apply_config_overrides(config, model_args.config_overrides)
-        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    def new_config() -> ScratchTransformerLMConfig:
+        return ScratchTransformerLMConfig(
+            **LM_PRESETS[model_args.model_size], vocab_size=len(tokenizer), max_position_embeddings=max(block_size, 256),
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+
+    model = build_model(AutoModelForCausalLM, model_args, resume_from, new_config)
     if model.config.max_position_embeddings < block_size and model.config.position_embedding != "rotary":
         raise ValueError(f"--block_size {block_size} is longer than the model's max_position_embeddings "
                          f"{model.config.max_position_embeddings}: pass a --block_size of at most that.")
     check_tokenizer_matches(tokenizer, model.config)
-    model.config.forward_implementation = model_args.forward_implementation
     return model
 
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from transformers import Trainer
+from transformers import AutoConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,24 @@ def trainer_datasets(processed: dict, training_args) -> dict[str, Any]:
     evaluates = training_args.do_eval or training_args.eval_strategy != "no"
     return dict(train_dataset=processed["train"] if training_args.do_train else None,
                 eval_dataset=processed["validation"] if evaluates else None)
+
+
+def build_model(auto_class, model_args, resume_from: Optional[str], new_config: Callable[[], Any], **pretrained_kwargs):
+    """The model of a run: ``--model_name_or_path``'s (with ``pretrained_kwargs``); when resuming, a new model of the
+    checkpoint's architecture, whatever the preset flags say now (the Trainer loads its weights); else
+    ``new_config()`` (the preset) edited by ``--config_overrides``. With ``--attn_implementation`` and
+    ``--forward_implementation``."""
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    check_architecture_flags(model_args, resume_from)
+    if model_args.model_name_or_path:
+        model = auto_class.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                           **pretrained_kwargs, **kwargs)
+    else:
+        config = (AutoConfig.from_pretrained(resume_from) if resume_from
+                  else apply_config_overrides(new_config(), model_args.config_overrides))
+        model = auto_class.from_config(config, **kwargs)
+    model.config.forward_implementation = model_args.forward_implementation
+    return model
 
 
 def apply_config_overrides(config, overrides: Optional[str]):

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from scratchformers import ScratchTransformerConfig, train_tokenizer
 from scratchformers.data import load_translation_dataset
@@ -17,10 +17,7 @@ from scratchformers.metrics import translation_compute_metrics
 from scratchformers.tokenization import check_tokenizer_matches
 
 from output_dir import resolve_resume
-from task_setup import (
-    Job, apply_config_overrides, check_architecture_flags, refuse_image_augmentation, select_samples,
-    trainer_datasets,
-)
+from task_setup import Job, build_model, refuse_image_augmentation, select_samples, trainer_datasets
 from trainer import ScratchSeq2SeqTrainer
 
 logger = logging.getLogger(__name__)
@@ -65,28 +62,19 @@ def get_tokenizer(model_args, data_args, train_dataset, resume_from: Optional[st
 
 
 def build_translation_model(model_args, data_args, tokenizer, resume_from: Optional[str]):
-    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    check_architecture_flags(model_args, resume_from)
-    if model_args.model_name_or_path:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                                                      **kwargs)
-    else:
-        if resume_from:  # the architecture of the checkpoint, whatever the preset flags say now
-            config = AutoConfig.from_pretrained(resume_from)
-        else:
-            config = ScratchTransformerConfig(
-                **TRANSLATION_PRESETS[model_args.model_size],
-                vocab_size=len(tokenizer),
-                max_position_embeddings=max(512, data_args.max_source_length, data_args.max_target_length),
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                decoder_start_token_id=tokenizer.bos_token_id,
-            )
-            config = apply_config_overrides(config, model_args.config_overrides)
-        model = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
+    def new_config() -> ScratchTransformerConfig:
+        return ScratchTransformerConfig(
+            **TRANSLATION_PRESETS[model_args.model_size],
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max(512, data_args.max_source_length, data_args.max_target_length),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+        )
+
+    model = build_model(AutoModelForSeq2SeqLM, model_args, resume_from, new_config)
     check_tokenizer_matches(tokenizer, model.config)
-    model.config.forward_implementation = model_args.forward_implementation
     return model
 
 
