@@ -47,7 +47,10 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import EncoderDecoderCache
-from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
+from transformers.generation.utils import (
+    GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
+)
 
 from .compat import cache_field, cache_of
 from .cpu_weight_layout import EncoderLinears, WeightLayouts
@@ -160,18 +163,68 @@ def encoder_through_weight_layouts(model):
             handle.remove()
 
 
+class StepOutputs:
+    """What ``return_dict_in_generate`` asks to keep of every step (scores, logits, attentions, hidden states), for
+    both loops."""
+
+    def __init__(self, generation_config: GenerationConfig, is_encoder_decoder: bool):
+        config = generation_config
+        keep = config.return_dict_in_generate
+        self.is_encoder_decoder = is_encoder_decoder
+        self.output_attentions, self.output_hidden_states = config.output_attentions, config.output_hidden_states
+        self.scores = () if (keep and config.output_scores) else None
+        self.raw_logits = () if (keep and config.output_logits) else None
+        self.decoder_attentions = () if (keep and config.output_attentions) else None
+        self.cross_attentions = () if (keep and config.output_attentions) else None
+        self.decoder_hidden_states = () if (keep and config.output_hidden_states) else None
+
+    def add_logits(self, logits: torch.Tensor) -> None:
+        """Keep a copy of one step's raw ``logits`` if asked: taken before the processors, which may work in place."""
+        if self.raw_logits is not None:
+            self.raw_logits += (logits.clone(),)
+
+    def add(self, outputs, scores: torch.Tensor) -> None:
+        """Keep one step's processed ``scores`` and the model ``outputs``, as asked."""
+        if self.scores is not None:
+            self.scores += (scores,)
+        if self.decoder_attentions is not None:
+            self.decoder_attentions += (outputs.decoder_attentions if self.is_encoder_decoder else outputs.attentions,)
+            if self.is_encoder_decoder:
+                self.cross_attentions += (outputs.cross_attentions,)
+        if self.decoder_hidden_states is not None:
+            self.decoder_hidden_states += (
+                outputs.decoder_hidden_states if self.is_encoder_decoder else outputs.hidden_states,
+            )
+
+    def to_generate_output(self, sequences: torch.Tensor, cache, model_kwargs: Optional[dict],
+                           sequences_scores: Optional[torch.Tensor] = None,
+                           beam_indices: Optional[torch.Tensor] = None):
+        """The result as transformers' loops return it with ``return_dict_in_generate=True``: a beam search's output
+        when ``beam_indices`` are given, else a greedy/sampling one."""
+        common = dict(sequences=sequences, scores=self.scores, logits=self.raw_logits, **cache_field(cache))
+        if beam_indices is not None:
+            common.update(sequences_scores=sequences_scores, beam_indices=beam_indices)
+        if self.is_encoder_decoder:
+            encoder_outputs = (model_kwargs or {}).get("encoder_outputs", {})
+            output_class = GenerateBeamEncoderDecoderOutput if beam_indices is not None else GenerateEncoderDecoderOutput
+            return output_class(
+                **common,
+                encoder_attentions=encoder_outputs.get("attentions") if self.output_attentions else None,
+                encoder_hidden_states=encoder_outputs.get("hidden_states") if self.output_hidden_states else None,
+                decoder_attentions=self.decoder_attentions,
+                cross_attentions=self.cross_attentions,
+                decoder_hidden_states=self.decoder_hidden_states,
+            )
+        output_class = GenerateBeamDecoderOnlyOutput if beam_indices is not None else GenerateDecoderOnlyOutput
+        return output_class(**common, attentions=self.decoder_attentions, hidden_states=self.decoder_hidden_states)
+
+
 def sample_loop(model, stepper, input_ids: torch.LongTensor, logits_processor: LogitsProcessorList,
                 stopping_criteria: StoppingCriteriaList, generation_config: GenerationConfig,
                 synced_gpus: bool = False, streamer=None, model_kwargs: Optional[dict] = None):
     """Greedy search and multinomial sampling over ``stepper``: transformers' ``_sample``, step for step."""
     config = generation_config
-    keep = config.return_dict_in_generate
-    scores = () if (keep and config.output_scores) else None
-    raw_logits = () if (keep and config.output_logits) else None
-    decoder_attentions = () if (keep and config.output_attentions) else None
-    cross_attentions = () if (keep and config.output_attentions) else None
-    decoder_hidden_states = () if (keep and config.output_hidden_states) else None
-    is_encoder_decoder = model.config.is_encoder_decoder
+    kept = StepOutputs(config, model.config.is_encoder_decoder)
     pad = config._pad_token_tensor
     pad = pad.to(input_ids.device) if pad is not None else None
     has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
@@ -184,18 +237,9 @@ def sample_loop(model, stepper, input_ids: torch.LongTensor, logits_processor: L
         logits = stepper.step(input_ids)
         if synced_gpus and this_peer_finished:
             continue
-        if raw_logits is not None:
-            raw_logits += (logits.clone(),)
+        kept.add_logits(logits)
         next_scores = process_owned_scores(processors, input_ids, logits)
-        if scores is not None:
-            scores += (next_scores,)
-        outputs = stepper.outputs
-        if decoder_attentions is not None:
-            decoder_attentions += (outputs.decoder_attentions if is_encoder_decoder else outputs.attentions,)
-            if is_encoder_decoder:
-                cross_attentions += (outputs.cross_attentions,)
-        if decoder_hidden_states is not None:
-            decoder_hidden_states += (outputs.decoder_hidden_states if is_encoder_decoder else outputs.hidden_states,)
+        kept.add(stepper.outputs, next_scores)
         stepper.outputs = None  # the first step's full logits are not kept alive
         if config.do_sample:
             tokens = torch.multinomial(nn.functional.softmax(next_scores, dim=-1), num_samples=1).squeeze(1)
@@ -204,7 +248,7 @@ def sample_loop(model, stepper, input_ids: torch.LongTensor, logits_processor: L
         if has_eos:  # finished rows get padding
             tokens = tokens * unfinished + pad * (1 - unfinished)
         input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
-        unfinished = unfinished & ~stopping_criteria(input_ids, scores)
+        unfinished = unfinished & ~stopping_criteria(input_ids, kept.scores)
         if streamer is not None:
             streamer.put(tokens.cpu())
         still = int(unfinished.sum())
@@ -216,17 +260,7 @@ def sample_loop(model, stepper, input_ids: torch.LongTensor, logits_processor: L
         streamer.end()
     if not config.return_dict_in_generate:
         return input_ids
-    common = dict(sequences=input_ids, scores=scores, logits=raw_logits, **cache_field(stepper.to_cache()))
-    if is_encoder_decoder:
-        encoder_outputs = (model_kwargs or {}).get("encoder_outputs", {})
-        return GenerateEncoderDecoderOutput(
-            **common,
-            encoder_attentions=encoder_outputs.get("attentions") if config.output_attentions else None,
-            encoder_hidden_states=encoder_outputs.get("hidden_states") if config.output_hidden_states else None,
-            decoder_attentions=decoder_attentions, cross_attentions=cross_attentions,
-            decoder_hidden_states=decoder_hidden_states,
-        )
-    return GenerateDecoderOnlyOutput(**common, attentions=decoder_attentions, hidden_states=decoder_hidden_states)
+    return kept.to_generate_output(input_ids, stepper.to_cache(), model_kwargs)
 
 
-__all__ = ["FastDecoder", "ModelStepper", "choose_stepper", "sample_loop"]
+__all__ = ["FastDecoder", "ModelStepper", "StepOutputs", "choose_stepper", "sample_loop"]

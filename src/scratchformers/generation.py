@@ -60,10 +60,11 @@ from transformers.generation.utils import (
     GenerateBeamEncoderDecoderOutput,
     GenerateOutput,
 )
-from transformers.utils import ModelOutput
 
 from .compat import cache_field
-from .decoding import choose_stepper, drops_finished_rows, encoder_through_weight_layouts, owned_processors, sample_loop
+from .decoding import (
+    StepOutputs, choose_stepper, drops_finished_rows, encoder_through_weight_layouts, owned_processors, sample_loop,
+)
 from .rewrites import process_owned_scores
 
 # The score of "no hypothesis here": a placeholder beam or an empty finished slot. Finite (like core beam search),
@@ -338,63 +339,6 @@ def _output_fill_value(generation_config) -> int:
     return int(pad) if pad is not None and int(pad) != 0 else int(eos.reshape(-1)[0])
 
 
-class _StepOutputs:
-    """What ``return_dict_in_generate`` asks to keep of every step (scores, logits, attentions, hidden states)."""
-
-    def __init__(self, generation_config: GenerationConfig, is_encoder_decoder: bool):
-        config = generation_config
-        keep = config.return_dict_in_generate
-        self.is_encoder_decoder = is_encoder_decoder
-        self.output_attentions, self.output_hidden_states = config.output_attentions, config.output_hidden_states
-        self.scores = () if (keep and config.output_scores) else None
-        self.raw_logits = () if (keep and config.output_logits) else None
-        self.decoder_attentions = () if (keep and config.output_attentions) else None
-        self.cross_attentions = () if (keep and config.output_attentions) else None
-        self.decoder_hidden_states = () if (keep and config.output_hidden_states) else None
-
-    def add(self, outputs: ModelOutput, logits: torch.Tensor, log_probs: torch.Tensor) -> None:
-        """Keep one step: the processed ``log_probs``, the raw ``logits`` and the model ``outputs``, as asked."""
-        if self.scores is not None:
-            self.scores += (log_probs,)
-        if self.raw_logits is not None:
-            self.raw_logits += (logits.clone(),)
-        if self.decoder_attentions is not None:
-            self.decoder_attentions += (outputs.decoder_attentions if self.is_encoder_decoder else outputs.attentions,)
-            if self.is_encoder_decoder:
-                self.cross_attentions += (outputs.cross_attentions,)
-        if self.decoder_hidden_states is not None:
-            self.decoder_hidden_states += (
-                outputs.decoder_hidden_states if self.is_encoder_decoder else outputs.hidden_states,
-            )
-
-    def to_generate_output(
-        self, sequences: torch.Tensor, sequences_scores: Optional[torch.Tensor], beam_indices: torch.Tensor,
-        cache, model_kwargs: dict,
-    ) -> GenerateBeamEncoderDecoderOutput | GenerateBeamDecoderOnlyOutput:
-        """The result as core beam search returns it with ``return_dict_in_generate=True``."""
-        common = dict(
-            sequences=sequences,
-            sequences_scores=sequences_scores,
-            scores=self.scores,
-            logits=self.raw_logits,
-            beam_indices=beam_indices,
-            **cache_field(cache),
-        )
-        if self.is_encoder_decoder:
-            encoder_outputs = model_kwargs["encoder_outputs"]
-            return GenerateBeamEncoderDecoderOutput(
-                **common,
-                encoder_attentions=encoder_outputs.get("attentions") if self.output_attentions else None,
-                encoder_hidden_states=encoder_outputs.get("hidden_states") if self.output_hidden_states else None,
-                decoder_attentions=self.decoder_attentions,
-                cross_attentions=self.cross_attentions,
-                decoder_hidden_states=self.decoder_hidden_states,
-            )
-        return GenerateBeamDecoderOnlyOutput(
-            **common, attentions=self.decoder_attentions, hidden_states=self.decoder_hidden_states
-        )
-
-
 class _Continuations(NamedTuple):
     """Candidates of one group written out as hypotheses: the parent's tokens and history plus the new step."""
 
@@ -464,7 +408,7 @@ class BeamSearch:
         # Constrained search only: hypotheses that ended without meeting the constraints, the last resort.
         self.unmet = self._new_hypotheses()
         self.can_improve = torch.ones((self.batch_size, num_groups), dtype=torch.bool, device=self.device)
-        self.step_outputs = _StepOutputs(config, self.is_encoder_decoder)
+        self.step_outputs = StepOutputs(config, self.is_encoder_decoder)
 
     def _start_beams(self, input_ids: torch.LongTensor) -> None:
         """The running beams before the first step: the prompt, with one real beam per group.
@@ -496,9 +440,10 @@ class BeamSearch:
             logits = self.stepper.step(flat_sequences, log_softmax=not raw_logits)
             if self.synced_gpus and this_peer_finished:
                 continue
+            self.step_outputs.add_logits(logits)
             log_probs = nn.functional.log_softmax(logits, dim=-1) if raw_logits else logits
             log_probs = process_owned_scores(self.logits_processor, flat_sequences, log_probs)
-            self.step_outputs.add(self.stepper.outputs, logits, log_probs)
+            self.step_outputs.add(self.stepper.outputs, log_probs)
             self.stepper.outputs = None
             this_peer_finished = self._step(log_probs)
             if not this_peer_finished and self.drops_rows:
@@ -651,8 +596,8 @@ class BeamSearch:
         if not config.return_dict_in_generate:
             return sequences
         return self.step_outputs.to_generate_output(
-            sequences, sequences_scores if config.output_scores else None, beam_indices, self.stepper.to_cache(),
-            self.model_kwargs,
+            sequences, self.stepper.to_cache(), self.model_kwargs,
+            sequences_scores=sequences_scores if config.output_scores else None, beam_indices=beam_indices,
         )
 
 
