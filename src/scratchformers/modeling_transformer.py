@@ -214,7 +214,7 @@ class ScratchTransformerEmbedding(nn.Module):
             vocab = self.embed_tokens.num_embeddings
             # A data-dependent check (a host sync): torch.compile leaves it out rather than break the graph.
             checked = input_ids.numel() and not torch.compiler.is_compiling()
-            if checked and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+            if checked and bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # one sync, not two
                 raise ValueError(
                     f"input_ids contain token ids outside [0, {vocab}); the tokenizer does not match this model's "
                     f"vocab_size={vocab}."
